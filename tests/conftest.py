@@ -1,0 +1,68 @@
+"""Shared test fixtures: where the real data lives, and the CUDA skip rule."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_dir() -> Path:
+    """The shared folder: $PERCS_SHARED, default ../shared next to the repository."""
+    return Path(os.environ.get("PERCS_SHARED", REPO_ROOT.parent / "shared")).resolve()
+
+
+def data_dir(name: str) -> Path:
+    """A folder of shared/data; skips the test when it is missing, fails instead under CI=true."""
+    path = shared_dir() / "data" / name
+    if not path.is_dir():
+        message = f"real data folder {path} is missing (set PERCS_SHARED)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def read_label_image(path: Path) -> np.ndarray:
+    """A label image from PNG or TIFF as int32."""
+    if path.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        return tifffile.imread(path).astype(np.int32)
+    from skimage.io import imread
+
+    return np.asarray(imread(path)).astype(np.int32)
+
+
+def real_label_images(*folders: str) -> list[tuple[str, np.ndarray]]:
+    """(name, labels) of every annotated image of cellpose_styles and dsb2018_stage1_test, by folder."""
+    images = []
+    for folder in folders:
+        root = data_dir(folder)
+        if folder == "cellpose_styles":
+            paths = sorted(root.glob("*/*_masks.png"))
+        elif folder == "dsb2018_stage1_test":
+            paths = sorted((root / "masks").glob("*.tif"))
+        elif folder == "consep":
+            paths = sorted(root.glob("*/inst/*.tif"))
+        else:
+            paths = sorted(root.glob("*mask*.tif"))
+        images += [(f"{folder}/{p.relative_to(root)}", read_label_image(p)) for p in paths]
+    return images
+
+
+def cuda_available() -> bool:
+    try:
+        import torch
+
+        from percs import _backend
+    except ImportError:
+        return False
+    return torch.cuda.is_available() and _backend._cuda is not None
+
+
+requires_cuda = pytest.mark.skipif(not cuda_available(), reason="needs a CUDA device and percs._cuda")
