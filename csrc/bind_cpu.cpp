@@ -37,10 +37,10 @@ carray<float> masks_to_flows(carray<int32_t> labels) {
 carray<float> follow_flows(carray<float> flows, carray<float> points, int32_t niter) {
   require_ndim(flows, 3, "flows");
   require_ndim(points, 2, "points");
-  if (flows.shape(0) != 2) throw std::invalid_argument("flows must have shape (2, H, W)");
+  if (flows.shape(2) != 2) throw std::invalid_argument("flows must have shape (H, W, 2)");
   if (points.shape(1) != 2) throw std::invalid_argument("points must have shape (N, 2)");
   if (niter < 0) throw std::invalid_argument("niter must be >= 0");
-  const int64_t H = flows.shape(1), W = flows.shape(2), n = points.shape(0);
+  const int64_t H = flows.shape(0), W = flows.shape(1), n = points.shape(0);
   if (n > 0 && (H == 0 || W == 0)) throw std::invalid_argument("flows is empty but points is not");
   carray<float> result({n, int64_t(2)});
   std::copy(points.data(), points.data() + 2 * n, result.mutable_data());

@@ -12,10 +12,16 @@ namespace percs::cpu {
 // or exceeds H * W (the caller renumbers such images first).
 std::vector<CellBox> collect_cells(const int32_t* labels, int64_t B, int64_t H, int64_t W);
 
-// Diffuses one cell inside its padded box (see masks_to_flows.h). On return L holds log1p(T) on the padded
-// box, row stride c.w + 2; scratch holds a second buffer of the same size. labels is that cell's image.
-void diffuse_cell(const int32_t* labels, int64_t W, const CellBox& c, std::vector<double>& L,
-                  std::vector<double>& scratch, std::vector<uint8_t>& inside);
+// Per-thread buffers of one cell's padded box (row stride c.w + 2), reused from cell to cell.
+struct CellScratch {
+  std::vector<double> L;       // log1p of the temperature, once diffuse_cell returns
+  std::vector<double> next;    // the other Jacobi buffer
+  std::vector<double> weight;  // 1/9 inside the cell, 0 outside
+  std::vector<uint8_t> inside; // 1 inside the cell
+};
+
+// Diffuses one cell inside its padded box (see masks_to_flows.h); labels is that cell's image (width W).
+void diffuse_cell(const int32_t* labels, int64_t W, const CellBox& c, CellScratch& s);
 
 void masks_to_flows(const int32_t* labels, int64_t B, int64_t H, int64_t W, float* flows);
 
@@ -29,5 +35,18 @@ void flow_error(const int32_t* labels, const float* flows, int64_t H, int64_t W,
 void fill_holes(int32_t* labels, int64_t H, int64_t W);
 
 int max_threads();
+
+}  // namespace percs::cpu
+
+// ---- metrics: label_overlaps, match_overlaps (contracts in their headers) ----
+#include "label_overlaps/label_overlaps.h"
+#include "match_overlaps/match_overlaps.h"
+
+namespace percs::cpu {
+
+LabelOverlaps label_overlaps(const std::vector<LabelPairView>& images);
+
+void match_overlaps(const MatchOverlapsInput& in, const double* thresholds, int64_t n_thresholds, bool strict,
+                    uint8_t* matched, int64_t* tp, double* matched_iou);
 
 }  // namespace percs::cpu

@@ -39,6 +39,8 @@ def like_input(result: np.ndarray, template: Any):
 
 
 def check_ndim(x: Any, name: str, allowed: tuple[int, ...]) -> None:
+    if not (isinstance(x, np.ndarray) or is_tensor(x)):
+        raise TypeError(f"{name} must be a NumPy array or a torch tensor, got {type(x).__name__}")
     if x.ndim not in allowed:
         expected = " or ".join(str(n) for n in allowed)
         raise ValueError(f"{name} has {x.ndim} dims, expected {expected}")

@@ -72,9 +72,9 @@ def follow_flows(unit_flows: Any, points: Any, niter: int = 200) -> Any:
         from percs import _flows_cuda
 
         return _flows_cuda.follow_flows(unit_flows, points, niter)
-    flows = np.ascontiguousarray(to_numpy(unit_flows, "unit_flows"), dtype=np.float32)
+    flows = interleave(to_numpy(unit_flows, "unit_flows"))
     start = np.ascontiguousarray(to_numpy(points, "points"), dtype=np.float32)
-    _, H, W = flows.shape
+    H, W, _ = flows.shape
     if start.size and ((start < 0).any() or (start[:, 0] > H - 1).any() or (start[:, 1] > W - 1).any()):
         raise ValueError("points has positions outside the image")
     return like_input(_backend.cpu.follow_flows(flows, start, int(niter)), points)
@@ -158,7 +158,7 @@ def flows_to_masks(
     H, W = prob.shape
     pixel_index = np.flatnonzero(prob > cellprob_threshold).astype(np.int64)
     points = np.stack(np.divmod(pixel_index, W), axis=1).astype(np.float32) if W else np.zeros((0, 2), np.float32)
-    endpoints = _backend.cpu.follow_flows(unit, points, int(niter))
+    endpoints = _backend.cpu.follow_flows(interleave(unit), points, int(niter))
     labels = _backend.cpu.get_masks(
         endpoints, pixel_index, H, W, SEED_MIN_COUNT, GROW_MIN_COUNT, float(max_size_fraction)
     )
@@ -168,6 +168,11 @@ def flows_to_masks(
     labels = remove_small_masks(labels, min_size)
     labels = renumber(_backend.cpu.fill_holes(labels))
     return like_input(labels, flows)
+
+
+def interleave(flows: np.ndarray) -> np.ndarray:
+    """(2, H, W) flows -> contiguous (H, W, 2) float32, the layout the Euler kernels sample."""
+    return np.ascontiguousarray(np.moveaxis(flows, 0, -1), dtype=np.float32)
 
 
 def remove_small_masks(labels: np.ndarray, min_size: int) -> np.ndarray:

@@ -16,21 +16,20 @@ void flow_error(const int32_t* labels, const float* flows, int64_t H, int64_t W,
   const int64_t n_cells = int64_t(cells.size());
 #pragma omp parallel
   {
-    std::vector<double> L, scratch;
-    std::vector<uint8_t> inside;
+    CellScratch scratch;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t k = 0; k < n_cells; ++k) {
       const CellBox& c = cells[k];
-      diffuse_cell(labels, W, c, L, scratch, inside);
+      diffuse_cell(labels, W, c, scratch);
       const int64_t stride = c.w + 2;
       double sum = 0.0;
       int64_t area = 0;
       for (int32_t by = 1; by <= c.h; ++by) {
         for (int32_t bx = 1; bx <= c.w; ++bx) {
           const int64_t i = by * stride + bx;
-          if (!inside[i]) continue;
+          if (!scratch.inside[i]) continue;
           double dy, dx;
-          unit_gradient(L.data(), stride, i, &dy, &dx);
+          unit_gradient(scratch.L.data(), stride, i, &dy, &dx);
           const int64_t p = int64_t(c.y0 + by - 1) * W + (c.x0 + bx - 1);
           sum += squared_flow_difference(dy, dx, flows[p], flows[H * W + p]);
           area += 1;

@@ -18,12 +18,19 @@ namespace percs {
 
 PERCS_HD int32_t diffusion_iterations(const CellBox& c) { return 2 * (c.h + c.w); }
 
-// Mean of the 3x3 neighbourhood of box index i. The summation order is fixed and shared with the NumPy
+constexpr double NINTH = 1.0 / 9.0;
+
+// Sum of the 3x3 neighbourhood of box index i. The summation order is fixed and shared with the NumPy
 // reference (centre, up, down, left, right, then the diagonals), so all implementations agree to the bit.
+PERCS_HD double neighbourhood_sum(const double* T, int64_t stride, int64_t i) {
+  return T[i] + T[i - stride] + T[i + stride] + T[i - 1] + T[i + 1] + T[i - stride - 1] + T[i - stride + 1] +
+         T[i + stride - 1] + T[i + stride + 1];
+}
+
+// Mean of the 3x3 neighbourhood, as sum * (1/9) (a multiply, not a division: it vectorises; every
+// implementation uses this exact form).
 PERCS_HD double neighbourhood_mean(const double* T, int64_t stride, int64_t i) {
-  return (T[i] + T[i - stride] + T[i + stride] + T[i - 1] + T[i + 1] + T[i - stride - 1] + T[i - stride + 1] +
-          T[i + stride - 1] + T[i + stride + 1]) /
-         9.0;
+  return neighbourhood_sum(T, stride, i) * NINTH;
 }
 
 // Unit gradient of L = log1p(T) at box index i by central differences; (0, 0) where it vanishes.

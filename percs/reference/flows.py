@@ -32,7 +32,7 @@ def cell_log_temperature(cell: np.ndarray) -> np.ndarray:
             + T[:-2, :-2] + T[:-2, 2:] + T[2:, :-2] + T[2:, 2:]
         )
         nxt = np.zeros_like(T)
-        nxt[1:-1, 1:-1] = np.where(inside[1:-1, 1:-1], s / 9.0, 0.0)
+        nxt[1:-1, 1:-1] = np.where(inside[1:-1, 1:-1], s * (1.0 / 9.0), 0.0)
         if it + 1 < n_iter:
             nxt[cy, cx] += 1.0
         T = nxt
