@@ -1,0 +1,5 @@
+import sys
+
+from percs.cli import main
+
+sys.exit(main())

@@ -1,0 +1,31 @@
+"""The `percs` command line: each subcommand parses its arguments and calls the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from percs.info import info
+
+    print(json.dumps(info(), indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="percs", description="Personalized cell segmentation")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("info", help="print versions, built kernel backends and CUDA availability as JSON")
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
