@@ -1,0 +1,195 @@
+// label_overlaps on the CPU: one image pair per OpenMP task. Labels get dense indices from hash maps on the fly,
+// so huge or gapped labels cost nothing, and only pixels where the (true, pred) run changes are looked up.
+#include <algorithm>
+#include <numeric>
+#include <stdexcept>
+#include <string>
+
+#include "cpu_ops.h"
+#include "label_overlaps/label_overlaps.h"
+
+namespace percs::cpu {
+namespace {
+
+// Insertion-ordered map from 64-bit keys to dense indices 0, 1, ... (open addressing, linear probing).
+class DenseIndex {
+ public:
+  DenseIndex() : slots_(64, -1), mask_(63) {}
+
+  int64_t index_of(uint64_t key) {
+    size_t s = mix_hash(key) & mask_;
+    for (; slots_[s] >= 0; s = (s + 1) & mask_) {
+      if (keys_[slots_[s]] == key) return slots_[s];
+    }
+    slots_[s] = int64_t(keys_.size());
+    keys_.push_back(key);
+    if (2 * keys_.size() > slots_.size()) grow();
+    return int64_t(keys_.size()) - 1;
+  }
+
+  const std::vector<uint64_t>& keys() const { return keys_; }
+
+ private:
+  void grow() {
+    slots_.assign(2 * slots_.size(), -1);
+    mask_ = slots_.size() - 1;
+    for (size_t k = 0; k < keys_.size(); ++k) {
+      size_t s = mix_hash(keys_[k]) & mask_;
+      while (slots_[s] >= 0) s = (s + 1) & mask_;
+      slots_[s] = int64_t(k);
+    }
+  }
+
+  std::vector<int64_t> slots_;  // -1: empty, else index into keys_
+  std::vector<uint64_t> keys_;
+  size_t mask_;
+};
+
+// A dense index with one pixel count per key and a one-entry cache: runs of one label are looked up once.
+struct CountedIndex {
+  DenseIndex index;
+  std::vector<int64_t> counts;
+  uint64_t cached_key = EMPTY_PAIR_KEY;
+  int64_t cached = -1;
+
+  void add(uint64_t key, int64_t pixels, int64_t* found = nullptr) {
+    if (key != cached_key) {
+      cached_key = key;
+      cached = index.index_of(key);
+      if (cached == int64_t(counts.size())) counts.push_back(0);
+    }
+    counts[cached] += pixels;
+    if (found) *found = cached;
+  }
+};
+
+struct ImageCounts {
+  CountedIndex true_cells, pred_cells, pairs;
+  bool negative_true = false, negative_pred = false;
+
+  // A run of pixels that all have true label t and pred label p.
+  void add_run(int64_t t, int64_t p, int64_t pixels) {
+    negative_true |= t < 0;
+    negative_pred |= p < 0;
+    int64_t ti = -1, pi = -1;
+    if (t > 0) true_cells.add(uint64_t(t), pixels, &ti);
+    if (p > 0) pred_cells.add(uint64_t(p), pixels, &pi);
+    if (ti >= 0 && pi >= 0) pairs.add(pack_pair(uint32_t(ti), uint32_t(pi)), pixels);
+  }
+};
+
+template <typename T>
+void count_runs(const void* true_data, const void* pred_data, int64_t n, ImageCounts& counts) {
+  const T* t = static_cast<const T*>(true_data);
+  const T* p = static_cast<const T*>(pred_data);
+  if (n == 0) return;
+  T run_t = t[0], run_p = p[0];
+  int64_t run = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    if (t[i] == run_t && p[i] == run_p) {
+      ++run;
+      continue;
+    }
+    counts.add_run(int64_t(run_t), int64_t(run_p), run);
+    run_t = t[i];
+    run_p = p[i];
+    run = 1;
+  }
+  counts.add_run(int64_t(run_t), int64_t(run_p), run);
+}
+
+// One image's overlaps in canonical order; pair indices are local to the image.
+struct ImageOverlaps {
+  std::vector<int64_t> true_labels, true_areas, pred_labels, pred_areas, pair_true, pair_pred, intersection;
+};
+
+// Writes the labels and areas in ascending label order; rank[dense index] = position in that order.
+void sort_cells(const CountedIndex& cells, std::vector<int64_t>& labels, std::vector<int64_t>& areas,
+                std::vector<uint32_t>& rank) {
+  const std::vector<uint64_t>& keys = cells.index.keys();
+  std::vector<uint32_t> order(keys.size());
+  std::iota(order.begin(), order.end(), 0u);
+  std::sort(order.begin(), order.end(), [&](uint32_t a, uint32_t b) { return keys[a] < keys[b]; });
+  rank.resize(keys.size());
+  for (size_t r = 0; r < order.size(); ++r) {
+    rank[order[r]] = uint32_t(r);
+    labels.push_back(int64_t(keys[order[r]]));
+    areas.push_back(cells.counts[order[r]]);
+  }
+}
+
+ImageOverlaps sorted_overlaps(const ImageCounts& counts) {
+  ImageOverlaps out;
+  std::vector<uint32_t> true_rank, pred_rank;
+  sort_cells(counts.true_cells, out.true_labels, out.true_areas, true_rank);
+  sort_cells(counts.pred_cells, out.pred_labels, out.pred_areas, pred_rank);
+  const std::vector<uint64_t>& keys = counts.pairs.index.keys();
+  std::vector<std::pair<uint64_t, int64_t>> ranked(keys.size());
+  for (size_t k = 0; k < keys.size(); ++k) {
+    ranked[k] = {pack_pair(true_rank[keys[k] >> 32], pred_rank[keys[k] & 0xffffffffu]), counts.pairs.counts[k]};
+  }
+  std::sort(ranked.begin(), ranked.end());
+  for (const auto& [key, pixels] : ranked) {
+    out.pair_true.push_back(int64_t(key >> 32));
+    out.pair_pred.push_back(int64_t(key & 0xffffffffu));
+    out.intersection.push_back(pixels);
+  }
+  return out;
+}
+
+ImageOverlaps image_overlaps(const LabelPairView& view, int64_t b, std::string& error) {
+  ImageCounts counts;
+  switch (view.type) {
+    case LabelType::u8: count_runs<uint8_t>(view.true_labels, view.pred_labels, view.n_pixels, counts); break;
+    case LabelType::u16: count_runs<uint16_t>(view.true_labels, view.pred_labels, view.n_pixels, counts); break;
+    case LabelType::i32: count_runs<int32_t>(view.true_labels, view.pred_labels, view.n_pixels, counts); break;
+    case LabelType::i64: count_runs<int64_t>(view.true_labels, view.pred_labels, view.n_pixels, counts); break;
+  }
+  if (counts.negative_true || counts.negative_pred) {
+    error = std::string(counts.negative_true ? "true_labels" : "pred_labels") + "[" + std::to_string(b) +
+            "] has negative labels";
+    return {};
+  }
+  return sorted_overlaps(counts);
+}
+
+// Appends src to dst, adding shift to every element.
+void append_shifted(std::vector<int64_t>& dst, const std::vector<int64_t>& src, int64_t shift) {
+  for (int64_t v : src) dst.push_back(v + shift);
+}
+
+LabelOverlaps concatenate(const std::vector<ImageOverlaps>& images) {
+  LabelOverlaps out;
+  out.true_offsets.push_back(0);
+  out.pred_offsets.push_back(0);
+  out.pair_offsets.push_back(0);
+  for (const ImageOverlaps& im : images) {
+    append_shifted(out.pair_true, im.pair_true, out.true_offsets.back());
+    append_shifted(out.pair_pred, im.pair_pred, out.pred_offsets.back());
+    append_shifted(out.pair_intersection, im.intersection, 0);
+    append_shifted(out.true_labels, im.true_labels, 0);
+    append_shifted(out.true_areas, im.true_areas, 0);
+    append_shifted(out.pred_labels, im.pred_labels, 0);
+    append_shifted(out.pred_areas, im.pred_areas, 0);
+    out.true_offsets.push_back(int64_t(out.true_labels.size()));
+    out.pred_offsets.push_back(int64_t(out.pred_labels.size()));
+    out.pair_offsets.push_back(int64_t(out.pair_true.size()));
+  }
+  return out;
+}
+
+}  // namespace
+
+LabelOverlaps label_overlaps(const std::vector<LabelPairView>& images) {
+  const int64_t B = int64_t(images.size());
+  std::vector<ImageOverlaps> per_image(B);
+  std::vector<std::string> errors(B);
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t b = 0; b < B; ++b) per_image[b] = image_overlaps(images[b], b, errors[b]);
+  for (const std::string& error : errors) {
+    if (!error.empty()) throw std::invalid_argument(error);
+  }
+  return concatenate(per_image);
+}
+
+}  // namespace percs::cpu
