@@ -45,38 +45,102 @@ class DenseIndex {
   size_t mask_;
 };
 
-// A dense index with one pixel count per key and a one-entry cache: runs of one label are looked up once.
-struct CountedIndex {
-  DenseIndex index;
-  std::vector<int64_t> counts;
-  uint64_t cached_key = EMPTY_PAIR_KEY;
-  int64_t cached = -1;
+// The instances of one image: dense ids in order of first appearance, their labels and pixel counts. Labels
+// below DIRECT_LIMIT (the usual case) are looked up in a table indexed by label, larger ones hashed.
+class CellCounts {
+ public:
+  static constexpr uint64_t DIRECT_LIMIT = 1 << 16;
 
-  void add(uint64_t key, int64_t pixels, int64_t* found = nullptr) {
-    if (key != cached_key) {
-      cached_key = key;
-      cached = index.index_of(key);
-      if (cached == int64_t(counts.size())) counts.push_back(0);
+  int32_t add(uint64_t label, int64_t pixels) {
+    if (label != cached_label_) {
+      cached_label_ = label;
+      cached_id_ = id_of(label);
     }
-    counts[cached] += pixels;
-    if (found) *found = cached;
+    counts_[cached_id_] += pixels;
+    return cached_id_;
   }
+
+  const std::vector<uint64_t>& labels() const { return labels_; }
+  const std::vector<int64_t>& counts() const { return counts_; }
+
+ private:
+  int32_t id_of(uint64_t label) {
+    if (label < DIRECT_LIMIT) {
+      if (label >= direct_.size()) direct_.resize(std::max<size_t>(64, 2 * label), -1);
+      if (direct_[label] < 0) direct_[label] = new_id(label);
+      return direct_[label];
+    }
+    const int64_t h = hashed_.index_of(label);
+    if (h == int64_t(hashed_ids_.size())) hashed_ids_.push_back(new_id(label));
+    return hashed_ids_[h];
+  }
+
+  int32_t new_id(uint64_t label) {
+    labels_.push_back(label);
+    counts_.push_back(0);
+    return int32_t(labels_.size() - 1);
+  }
+
+  std::vector<int32_t> direct_;  // label -> id, -1 where unseen
+  DenseIndex hashed_;
+  std::vector<int32_t> hashed_ids_;  // hashed_ index -> id
+  std::vector<uint64_t> labels_;
+  std::vector<int64_t> counts_;
+  uint64_t cached_label_ = EMPTY_PAIR_KEY;  // no label is all ones
+  int32_t cached_id_ = -1;
+};
+
+// Pixel counts of (true id, pred id) pairs. A true cell meets the same pred cell row after row, so each true
+// id remembers its last pair and the hash map is consulted only when the partner changes.
+class PairCounts {
+ public:
+  void add(int32_t true_id, int32_t pred_id, int64_t pixels) {
+    if (size_t(true_id) >= last_pred_.size()) {
+      last_pred_.resize(true_id + 1, -1);
+      last_pair_.resize(true_id + 1, -1);
+    }
+    if (last_pred_[true_id] != pred_id) {
+      last_pred_[true_id] = pred_id;
+      last_pair_[true_id] = index_.index_of(pack_pair(uint32_t(true_id), uint32_t(pred_id)));
+      if (last_pair_[true_id] == int64_t(counts_.size())) counts_.push_back(0);
+    }
+    counts_[last_pair_[true_id]] += pixels;
+  }
+
+  const std::vector<uint64_t>& keys() const { return index_.keys(); }
+  const std::vector<int64_t>& counts() const { return counts_; }
+
+ private:
+  DenseIndex index_;
+  std::vector<int64_t> counts_;
+  std::vector<int32_t> last_pred_;
+  std::vector<int64_t> last_pair_;
 };
 
 struct ImageCounts {
-  CountedIndex true_cells, pred_cells, pairs;
+  CellCounts true_cells, pred_cells;
+  PairCounts pairs;
   bool negative_true = false, negative_pred = false;
 
   // A run of pixels that all have true label t and pred label p.
   void add_run(int64_t t, int64_t p, int64_t pixels) {
     negative_true |= t < 0;
     negative_pred |= p < 0;
-    int64_t ti = -1, pi = -1;
-    if (t > 0) true_cells.add(uint64_t(t), pixels, &ti);
-    if (p > 0) pred_cells.add(uint64_t(p), pixels, &pi);
-    if (ti >= 0 && pi >= 0) pairs.add(pack_pair(uint32_t(ti), uint32_t(pi)), pixels);
+    const int32_t ti = t > 0 ? true_cells.add(uint64_t(t), pixels) : -1;
+    const int32_t pi = p > 0 ? pred_cells.add(uint64_t(p), pixels) : -1;
+    if (ti >= 0 && pi >= 0) pairs.add(ti, pi, pixels);
   }
 };
+
+constexpr int64_t BLOCK = 16;
+
+// True when all BLOCK pixels from t, p continue the run (no early exit, so the compiler vectorises it).
+template <typename T>
+bool block_continues(const T* t, const T* p, T run_t, T run_p) {
+  bool same = true;
+  for (int64_t k = 0; k < BLOCK; ++k) same &= (t[k] == run_t) & (p[k] == run_p);
+  return same;
+}
 
 template <typename T>
 void count_runs(const void* true_data, const void* pred_data, int64_t n, ImageCounts& counts) {
@@ -85,15 +149,21 @@ void count_runs(const void* true_data, const void* pred_data, int64_t n, ImageCo
   if (n == 0) return;
   T run_t = t[0], run_p = p[0];
   int64_t run = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    if (t[i] == run_t && p[i] == run_p) {
-      ++run;
-      continue;
+  for (int64_t i = 0; i < n;) {
+    while (i + BLOCK <= n && block_continues(t + i, p + i, run_t, run_p)) {
+      run += BLOCK;
+      i += BLOCK;
     }
-    counts.add_run(int64_t(run_t), int64_t(run_p), run);
-    run_t = t[i];
-    run_p = p[i];
-    run = 1;
+    for (const int64_t stop = std::min(n, i + BLOCK); i < stop; ++i) {
+      if (t[i] == run_t && p[i] == run_p) {
+        ++run;
+        continue;
+      }
+      counts.add_run(int64_t(run_t), int64_t(run_p), run);
+      run_t = t[i];
+      run_p = p[i];
+      run = 1;
+    }
   }
   counts.add_run(int64_t(run_t), int64_t(run_p), run);
 }
@@ -104,9 +174,9 @@ struct ImageOverlaps {
 };
 
 // Writes the labels and areas in ascending label order; rank[dense index] = position in that order.
-void sort_cells(const CountedIndex& cells, std::vector<int64_t>& labels, std::vector<int64_t>& areas,
+void sort_cells(const CellCounts& cells, std::vector<int64_t>& labels, std::vector<int64_t>& areas,
                 std::vector<uint32_t>& rank) {
-  const std::vector<uint64_t>& keys = cells.index.keys();
+  const std::vector<uint64_t>& keys = cells.labels();
   std::vector<uint32_t> order(keys.size());
   std::iota(order.begin(), order.end(), 0u);
   std::sort(order.begin(), order.end(), [&](uint32_t a, uint32_t b) { return keys[a] < keys[b]; });
@@ -114,7 +184,7 @@ void sort_cells(const CountedIndex& cells, std::vector<int64_t>& labels, std::ve
   for (size_t r = 0; r < order.size(); ++r) {
     rank[order[r]] = uint32_t(r);
     labels.push_back(int64_t(keys[order[r]]));
-    areas.push_back(cells.counts[order[r]]);
+    areas.push_back(cells.counts()[order[r]]);
   }
 }
 
@@ -123,10 +193,10 @@ ImageOverlaps sorted_overlaps(const ImageCounts& counts) {
   std::vector<uint32_t> true_rank, pred_rank;
   sort_cells(counts.true_cells, out.true_labels, out.true_areas, true_rank);
   sort_cells(counts.pred_cells, out.pred_labels, out.pred_areas, pred_rank);
-  const std::vector<uint64_t>& keys = counts.pairs.index.keys();
+  const std::vector<uint64_t>& keys = counts.pairs.keys();
   std::vector<std::pair<uint64_t, int64_t>> ranked(keys.size());
   for (size_t k = 0; k < keys.size(); ++k) {
-    ranked[k] = {pack_pair(true_rank[keys[k] >> 32], pred_rank[keys[k] & 0xffffffffu]), counts.pairs.counts[k]};
+    ranked[k] = {pack_pair(true_rank[keys[k] >> 32], pred_rank[keys[k] & 0xffffffffu]), counts.pairs.counts()[k]};
   }
   std::sort(ranked.begin(), ranked.end());
   for (const auto& [key, pixels] : ranked) {
