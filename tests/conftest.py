@@ -16,14 +16,26 @@ def shared_dir() -> Path:
     return Path(os.environ.get("PERCS_SHARED", REPO_ROOT.parent / "shared")).resolve()
 
 
+def _skip_or_fail(message: str) -> None:
+    """Missing shared files skip a test locally but fail it under CI=true, where they must be present."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 def data_dir(name: str) -> Path:
     """A folder of shared/data; skips the test when it is missing, fails instead under CI=true."""
     path = shared_dir() / "data" / name
     if not path.is_dir():
-        message = f"real data folder {path} is missing (set PERCS_SHARED)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        _skip_or_fail(f"real data folder {path} is missing (set PERCS_SHARED)")
+    return path
+
+
+def weights_file(name: str) -> Path:
+    """A file of shared/weights; skips the test when it is missing, fails instead under CI=true."""
+    path = shared_dir() / "weights" / name
+    if not path.is_file():
+        _skip_or_fail(f"pretrained weights file {path} is missing (set PERCS_SHARED)")
     return path
 
 
