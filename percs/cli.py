@@ -19,6 +19,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("info", help="print versions, built kernel backends and CUDA availability as JSON")
     p.set_defaults(func=cmd_info)
+
+    from percs.data.cli import add_data_commands  # `percs data ...`: parsers next to the library they call
+
+    add_data_commands(sub)
     return parser
 
 
