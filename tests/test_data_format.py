@@ -14,7 +14,7 @@ from PIL import Image
 from conftest import data_dir
 from percs.data.format import (CellType, DatasetError, DatasetWriter, Query, canonical_labels, load_dataset,
                                write_dataset)
-from percs.data.io import DataFileError, check_labels, read_image, read_label_file
+from percs.data.io import DataFileError, read_image, read_label_file, to_label_image
 from percs.data.png16 import read_png16
 from percs.flows import renumber
 from percs.synthetic_labels import scramble_labels, touching_cells
@@ -251,14 +251,14 @@ def test_failed_writer_removes_what_it_wrote(tmp_path, existed):
     (np.full((4, 4), 2**31, np.int64), "above"),
     (np.zeros((4, 4, 3), np.uint8), "expected a 2-D"),
 ])
-def test_check_labels_rejects(array, message):
+def test_to_label_image_rejects(array, message):
     with pytest.raises(DataFileError, match=f"where.tif: .*{message}"):
-        check_labels(array, "where.tif")
+        to_label_image(array, "where.tif")
 
 
-def test_check_labels_accepts_singleton_axes_and_integral_floats():
-    assert check_labels(np.ones((1, 3, 4), np.uint8), "x").shape == (3, 4)
-    assert check_labels(np.ones((3, 4, 1), np.float32), "x").dtype == np.int64
+def test_to_label_image_accepts_singleton_axes_and_integral_floats():
+    assert to_label_image(np.ones((1, 3, 4), np.uint8), "x").shape == (3, 4)
+    assert to_label_image(np.ones((3, 4, 1), np.float32), "x").dtype == np.int64
 
 
 def test_unreadable_files_are_named(tmp_path):

@@ -24,8 +24,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from percs.data.format import IMAGE_DTYPES, Dataset, DatasetWriter
-from percs.data.io import (IMAGE_SUFFIXES, LABEL_SUFFIXES, DataFileError, check_labels, read_image,
-                           read_label_file, read_mat)
+from percs.data.io import (IMAGE_SUFFIXES, LABEL_SUFFIXES, DataFileError, read_image, read_label_file, read_mat,
+                           to_label_image)
 from percs.data.tables import read_image_types, read_instance_classes
 
 __all__ = ["ImportOptions", "import_cellpose", "import_folder", "import_typemap", "read_image_types",
@@ -64,8 +64,8 @@ def add_type(writer: DatasetWriter, cell_type: str, options: ImportOptions) -> N
 
 
 def read_labels(path: Path) -> np.ndarray:
-    """A label file as (H, W) int64, checked (see percs.data.io.check_labels)."""
-    return check_labels(read_label_file(path), path)
+    """A label file as (H, W) int64, checked (see percs.data.io.to_label_image)."""
+    return to_label_image(read_label_file(path), path)
 
 
 def prepare_image(path: Path, labels_shape: tuple[int, ...], labels_path: Path) -> tuple[np.ndarray, Path | None]:
@@ -251,7 +251,7 @@ def _typemap_classes(stem: str, labels_path: Path, type_maps_dir: Path,
     mat = read_mat(labels_path) if labels_path.suffix.lower() == ".mat" else None
     if mat is not None and "inst_map" not in mat:
         raise DataFileError(labels_path, "has no array 'inst_map'")
-    labels = check_labels(mat["inst_map"] if mat is not None else read_label_file(labels_path), labels_path)
+    labels = to_label_image(mat["inst_map"] if mat is not None else read_label_file(labels_path), labels_path)
     ids = [int(i) for i in np.unique(labels) if i > 0]
     if table is not None:
         known = table.get(stem, {})
@@ -260,12 +260,12 @@ def _typemap_classes(stem: str, labels_path: Path, type_maps_dir: Path,
             raise DataFileError(labels_path, f"instances {missing[:10]} have no class in the instance table")
         return labels, {i: known[i] for i in ids}
     if mat is not None and "type_map" in mat:
-        type_map, type_path = check_labels(mat["type_map"], labels_path), labels_path
+        type_map, type_path = to_label_image(mat["type_map"], labels_path), labels_path
     else:
         type_path = find_partner(type_maps_dir, stem, LABEL_SUFFIXES)
         if type_path is None:
             raise DataFileError(labels_path, f"no type map {stem}.<ext> in {type_maps_dir} and no class table")
-        type_map = check_labels(read_label_file(type_path), type_path)
+        type_map = to_label_image(read_label_file(type_path), type_path)
     if type_map.shape != labels.shape:
         raise DataFileError(type_path, f"type map is {type_map.shape} but instance map {labels_path} is {labels.shape}")
     return labels, majority_classes(labels, type_map, type_path)

@@ -55,6 +55,28 @@ def _read_tiff(path: Path) -> np.ndarray:
     return array
 
 
+def _decode(path: Path | str, suffixes: tuple[str, ...], what: str, reader) -> np.ndarray:
+    """reader(path, suffix) for a file of one of `suffixes`, every failure as a DataFileError naming it."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in suffixes:
+        raise DataFileError(path, f"unsupported {what} suffix {path.suffix!r}, expected one of {suffixes}")
+    try:
+        return reader(path, suffix)
+    except DataFileError:
+        raise
+    except Exception as error:  # decoders raise many types; the caller needs the file name
+        raise DataFileError(path, f"cannot read {what} ({type(error).__name__}: {error})") from error
+
+
+def _image_reader(path: Path, suffix: str) -> np.ndarray:
+    if suffix in (".tif", ".tiff"):
+        return _read_tiff(path)
+    if suffix == ".png" and is_png16_colour(path):
+        return read_png16(path)
+    return _read_pil(path, as_image=True)
+
+
 def read_image(path: Path | str) -> np.ndarray:
     """The pixels of a PNG, JPEG or TIFF file: (H, W), (H, W, C) or, for TIFF stacks, more dims.
 
@@ -63,45 +85,28 @@ def read_image(path: Path | str) -> np.ndarray:
     TIFF: the array as stored (a 4-channel TIFF may be RGBA or four stains; it stays 4 channels).
     Raises DataFileError naming the file when it cannot be decoded.
     """
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in IMAGE_SUFFIXES:
-        raise DataFileError(path, f"unsupported image suffix {path.suffix!r}, expected one of {IMAGE_SUFFIXES}")
-    try:
-        if suffix in (".tif", ".tiff"):
-            return _read_tiff(path)
-        if suffix == ".png" and is_png16_colour(path):
-            return read_png16(path)
-        return _read_pil(path, as_image=True)
-    except DataFileError:
-        raise
-    except Exception as error:  # decoders raise many types; the caller needs the file name
-        raise DataFileError(path, f"cannot read image ({type(error).__name__}: {error})") from error
+    return _decode(path, IMAGE_SUFFIXES, "image", _image_reader)
 
 
 def read_label_file(path: Path | str, mat_key: str = "inst_map") -> np.ndarray:
     """The raw array of a label file: PNG (palette indices kept), TIFF, NPY, or the `mat_key` array of a .mat.
 
-    No checks on the values; see `check_labels`.
+    No checks on the values; see `to_label_image`.
     """
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in LABEL_SUFFIXES:
-        raise DataFileError(path, f"unsupported label suffix {path.suffix!r}, expected one of {LABEL_SUFFIXES}")
-    try:
+
+    def reader(path: Path, suffix: str) -> np.ndarray:
         if suffix in (".tif", ".tiff"):
             return _read_tiff(path)
         if suffix == ".npy":
             return np.load(path, allow_pickle=False)
         if suffix == ".mat":
-            return read_mat(path)[mat_key]
+            arrays = read_mat(path)
+            if mat_key not in arrays:
+                raise DataFileError(path, f"has no array {mat_key!r}")
+            return arrays[mat_key]
         return _read_pil(path, as_image=False)
-    except DataFileError:
-        raise
-    except KeyError as error:
-        raise DataFileError(path, f"has no array {mat_key!r}") from error
-    except Exception as error:
-        raise DataFileError(path, f"cannot read labels ({type(error).__name__}: {error})") from error
+
+    return _decode(path, LABEL_SUFFIXES, "labels", reader)
 
 
 def read_mat(path: Path | str) -> dict[str, np.ndarray]:
@@ -114,7 +119,7 @@ def read_mat(path: Path | str) -> dict[str, np.ndarray]:
         raise DataFileError(path, f"cannot read .mat file ({type(error).__name__}: {error})") from error
 
 
-def check_labels(labels: np.ndarray, path: Path | str) -> np.ndarray:
+def to_label_image(labels: np.ndarray, path: Path | str) -> np.ndarray:
     """A raw label array as (H, W) int64, or DataFileError naming the file.
 
     Accepts integer arrays, or floats holding integers; squeezes one singleton leading or trailing axis.
