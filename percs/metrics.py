@@ -228,7 +228,7 @@ def _check_thresholds(thresholds: Any, iou_rule: str) -> tuple[float, ...]:
         raise ValueError("thresholds is empty")
     for t in values:
         if isinstance(t, (bool, np.bool_)) or not isinstance(t, (int, float, np.integer, np.floating)):
-            raise ValueError(f"thresholds must be numbers, got {t!r}")
+            raise TypeError(f"thresholds must be numbers, got {t!r}")
         low_ok = t >= 0 if iou_rule == "gt" else t > 0
         high_ok = t < 1 if iou_rule == "gt" else t <= 1
         if math.isnan(t) or not (low_ok and high_ok):

@@ -111,7 +111,7 @@ def evaluate(true_images, pred_images, thresholds, iou_rule: str) -> list[dict]:
     for k, threshold in enumerate(thresholds):
         per_image = [scores(tp[b, k], n_pred[b] - tp[b, k], n_true[b] - tp[b, k], matched_iou[b, k])
                      for b in range(len(n_true))]
-        sums = dict(tp=int(tp[:, k].sum()), fp=int((n_pred - tp[:, k]).sum()), fn=int((n_true - tp[:, k]).sum()))
+        sums = {"tp": int(tp[:, k].sum()), "fp": int((n_pred - tp[:, k]).sum()), "fn": int((n_true - tp[:, k]).sum())}
         results.append({
             "threshold": threshold,
             **sums,
