@@ -1,0 +1,198 @@
+"""Sliding-window inference of a PerCS-DINO model and post-processing into instance masks.
+
+The image is zero-padded at the bottom and right to a multiple of 14 and to at least one window (256 -> 266,
+100 -> 224); windows of `window` pixels are placed every `stride` pixels along each axis, the last one flush
+with the padded border; the model runs on batches of windows; the three output channels (flows and
+same-type logit) are averaged where windows overlap; the padding is cut off; `percs.flows.flows_to_masks`
+turns flows and logit (as `cellprob`, threshold 0) into labels. Everything stays on the model's device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from percs.flows import flows_to_masks
+from percs.model.backbone import PATCH_SIZE
+from percs.model.reference import reference_window
+
+
+@dataclass(frozen=True)
+class PredictorConfig:
+    """Sliding windows (the paper's 224 / 168), reference window, batching and `flows_to_masks` settings."""
+
+    window: int = 224
+    stride: int = 168
+    batch_size: int = 8
+    reference_window: int = 224
+    cellprob_threshold: float = 0.0
+    flow_threshold: float = 0.4
+    niter: int = 200
+    min_size: int = 15
+
+    def __post_init__(self) -> None:
+        for key in ("window", "reference_window"):
+            value = getattr(self, key)
+            if value <= 0 or value % PATCH_SIZE:
+                raise ValueError(f"predict.{key} must be a positive multiple of {PATCH_SIZE}, got {value!r}")
+        if not 0 < self.stride <= self.window:
+            raise ValueError(f"predict.stride must be in 1..window ({self.window}), got {self.stride!r}")
+        if self.batch_size <= 0:
+            raise ValueError(f"predict.batch_size must be positive, got {self.batch_size!r}")
+
+
+@dataclass
+class Prediction:
+    """The result for one (H, W) image, as tensors on the model's device.
+
+    labels: (H, W) int32 instances of the reference's type, 0 background, 1..N in raster order.
+    flows: (2, H, W) float32 dy, dx in FLOW_SCALE x unit-flow units (all cells).
+    probability: (H, W) float32 sigmoid of the same-type logit.
+    cell_probability: (N,) float32, entry l - 1 the mean probability over the pixels of label l.
+    """
+
+    labels: torch.Tensor
+    flows: torch.Tensor
+    probability: torch.Tensor
+    cell_probability: torch.Tensor
+
+
+def padded_size(size: int, window: int) -> int:
+    """An image side padded to a multiple of 14 and to at least one window: 256 -> 266, 100 -> 224 (window 224)."""
+    return max(window, math.ceil(size / PATCH_SIZE) * PATCH_SIZE)
+
+
+def window_starts(size: int, window: int, stride: int) -> list[int]:
+    """Window offsets along one padded side `size` >= window: 0, stride, ... and a last one ending at `size`."""
+    starts = list(range(0, size - window + 1, stride))
+    if starts[-1] + window < size:
+        starts.append(size - window)
+    return starts
+
+
+def as_input_image(image, device: torch.device) -> torch.Tensor:
+    """(3, H, W) float32 on `device`. Tensors are taken as already normalised (3, H, W); NumPy arrays as raw
+    (H, W) or (H, W, C) images, normalised by `percs.data.normalize.normalize_image`."""
+    if isinstance(image, np.ndarray):
+        from percs.data.normalize import normalize_image
+
+        image = torch.from_numpy(normalize_image(image))
+    if not isinstance(image, torch.Tensor):
+        raise TypeError(f"image must be a torch.Tensor or NumPy array, got {type(image).__name__}")
+    if image.ndim != 3 or image.shape[0] != 3 or 0 in image.shape:
+        raise ValueError(f"image has shape {tuple(image.shape)}, expected a normalised (3, H, W) tensor")
+    if not image.dtype.is_floating_point:
+        raise ValueError(f"image has dtype {image.dtype}, expected a float (normalised) tensor")
+    image = image.to(device=device, dtype=torch.float32)
+    if not torch.isfinite(image).all():
+        raise ValueError("image has NaN or infinite values")
+    return image
+
+
+class Predictor:
+    """Runs a model (PerCS-DINO, or anything with its `embed_reference` / `forward` / `generic` interface).
+
+    Typical use: `embedding = predictor.embed_reference(ref_image, ref_mask)` once per reference, then
+    `predictor.predict(image, embedding)` for each query image. The model is put in eval mode while it runs
+    and given back in the mode it had (so validation can run in the middle of training).
+    """
+
+    def __init__(self, model: torch.nn.Module, config: PredictorConfig = PredictorConfig()):
+        self.model = model
+        self.config = config
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the model's parameters, where every step of the prediction runs."""
+        return next(self.model.parameters()).device
+
+    def embed_reference(self, reference_image, reference_mask) -> torch.Tensor:
+        """(C,) embedding of a reference cell: reference_image as `as_input_image` takes it (any size), and
+        reference_mask (H, W) bool or {0, 1}, the cell. The backbone sees the `reference_window` around it."""
+        image = as_input_image(reference_image, self.device)
+        mask = torch.as_tensor(reference_mask, device=self.device)
+        if tuple(mask.shape) != tuple(image.shape[1:]):
+            raise ValueError(f"reference_mask has shape {tuple(mask.shape)}, expected {tuple(image.shape[1:])}")
+        window, window_mask = reference_window(image, mask != 0, self.config.reference_window)
+        with self._inference():
+            return self.model.embed_reference(window[None], window_mask[None])[0]
+
+    def fields(self, image, reference_embedding: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stitched model output for one image: (flows (2, H, W), same-type logits (H, W)), float32.
+
+        image: as `as_input_image` takes it. reference_embedding: (C,) from `embed_reference`; None (and
+        ignored) for a generic model.
+        """
+        image = as_input_image(image, self.device)
+        embedding = self._check_embedding(reference_embedding)
+        height, width = image.shape[1:]
+        window, stride = self.config.window, self.config.stride
+        padded = F.pad(image, (0, padded_size(width, window) - width, 0, padded_size(height, window) - height))
+        corners = [
+            (top, left)
+            for top in window_starts(padded.shape[1], window, stride)
+            for left in window_starts(padded.shape[2], window, stride)
+        ]
+        with self._inference():
+            total = padded.new_zeros(3, *padded.shape[1:])
+            count = padded.new_zeros(1, *padded.shape[1:])
+            for first in range(0, len(corners), self.config.batch_size):
+                batch = corners[first : first + self.config.batch_size]
+                windows = torch.stack([padded[:, top : top + window, left : left + window] for top, left in batch])
+                expanded = None if embedding is None else embedding[None].expand(len(batch), -1)
+                output = self.model(windows, expanded)
+                stacked = torch.cat((output.flows, output.same_type_logits[:, None]), dim=1).float()
+                for (top, left), values in zip(batch, stacked):
+                    total[:, top : top + window, left : left + window] += values
+                    count[:, top : top + window, left : left + window] += 1
+        fields = (total / count)[:, :height, :width]
+        return fields[:2].contiguous(), fields[2].contiguous()
+
+    def predict(self, image, reference_embedding: torch.Tensor | None = None) -> Prediction:
+        """Instance masks of the reference's type in one image (see `fields` for the arguments)."""
+        flows, logits = self.fields(image, reference_embedding)
+        config = self.config
+        labels = flows_to_masks(
+            flows,
+            logits,
+            cellprob_threshold=config.cellprob_threshold,
+            flow_threshold=config.flow_threshold,
+            niter=config.niter,
+            min_size=config.min_size,
+        ).to(flows.device)
+        probability = torch.sigmoid(logits)
+        return Prediction(labels, flows, probability, cell_mean(labels, probability))
+
+    def _check_embedding(self, reference_embedding: torch.Tensor | None) -> torch.Tensor | None:
+        if getattr(self.model, "generic", False):
+            return None
+        if reference_embedding is None:
+            raise ValueError("reference_embedding is None, but the model is not generic")
+        if not isinstance(reference_embedding, torch.Tensor) or reference_embedding.ndim != 1:
+            raise ValueError("reference_embedding must be a (C,) tensor from embed_reference")
+        return reference_embedding.to(self.device)
+
+    @contextlib.contextmanager
+    def _inference(self):
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():  # not inference_mode: its tensors could not be reused in training code
+                yield
+        finally:
+            self.model.train(was_training)
+
+
+def cell_mean(labels: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Mean of values (H, W) over each label of labels (H, W) 1..N: (N,) float32 (0 for an absent label)."""
+    flat = labels.flatten().long()
+    n_cells = int(flat.max()) if flat.numel() else 0
+    sums = torch.zeros(n_cells + 1, dtype=torch.float64, device=values.device)
+    sums.index_add_(0, flat, values.flatten().double())
+    counts = torch.bincount(flat, minlength=n_cells + 1).clamp_min(1)
+    return (sums / counts)[1:].float()

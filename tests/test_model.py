@@ -1,0 +1,160 @@
+"""PerCS-DINO head: reference pooling, fusion, decoder, the whole module forward and backward, configs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import weights_file
+from model_helpers import tiny_model
+
+from percs.model.percs_dino import HeadConfig, ModelConfig, PerCSDino, build_percs_dino
+from percs.model.reference import (
+    embed_reference,
+    label_coverage,
+    patch_coverage,
+    pool_features,
+    reference_window,
+)
+
+
+def test_reference_embedding_is_area_weighted_on_the_patch_grid():
+    features = torch.randn(1, 5, 2, 3)
+    mask = torch.zeros(1, 28, 42, dtype=torch.bool)
+    mask[0, 3, 5] = True  # one pixel, far smaller than a patch: patch (0, 0) alone
+    assert torch.allclose(embed_reference(features, mask)[0], features[0, :, 0, 0])
+    mask[0] = False
+    mask[0, 20, 12:14] = True  # 2 pixels in patch (1, 0)
+    mask[0, 20, 14:20] = True  # 6 pixels in patch (1, 1)
+    expected = (2 * features[0, :, 1, 0] + 6 * features[0, :, 1, 1]) / 8
+    assert torch.allclose(embed_reference(features, mask)[0], expected, atol=1e-6)
+
+
+def test_label_coverage_equals_average_pooled_one_hot_masks():
+    generator = torch.Generator().manual_seed(1)
+    for shape in [(14, 14), (28, 70), (56, 42)]:
+        labels = torch.randint(0, 6, shape, generator=generator) * (torch.rand(shape, generator=generator) < 0.7)
+        labels[labels == 3] = 9  # gaps in the labels are fine
+        cells, coverage = label_coverage(labels)
+        assert cells.tolist() == sorted(set(labels.unique().tolist()) - {0})
+        one_hot = torch.stack([labels == c for c in cells])
+        assert torch.equal(coverage, patch_coverage(one_hot))
+    cells, coverage = label_coverage(torch.zeros(14, 28, dtype=torch.int32))
+    assert cells.shape == (0,) and coverage.shape == (0, 1, 2)
+
+
+def test_pool_features_weights_by_coverage():
+    features = torch.randn(2, 4, 3, 3, dtype=torch.float64)
+    coverage = torch.rand(2, 5, 3, 3, dtype=torch.float64)
+    pooled = pool_features(features, coverage)
+    for b in range(2):
+        for k in range(5):
+            weights = coverage[b, k].flatten()
+            direct = (features[b].flatten(1) * weights).sum(1) / weights.sum()
+            assert torch.allclose(pooled[b, k], direct)
+
+
+def test_reference_window_is_centred_on_the_cell_and_inside_the_image():
+    image = torch.arange(3 * 300 * 400, dtype=torch.float32).reshape(3, 300, 400)
+    mask = torch.zeros(300, 400, dtype=torch.bool)
+    mask[150:160, 200:220] = True
+    window, window_mask = reference_window(image, mask, 56)
+    assert torch.equal(window, image[:, 127:183, 182:238]) and int(window_mask.sum()) == 200
+    mask[:] = False
+    mask[295:300, 0:3] = True  # corner: the window is shifted inside
+    window, window_mask = reference_window(image, mask, 56)
+    assert torch.equal(window, image[:, 244:300, 0:56]) and int(window_mask.sum()) == 15
+    window, window_mask = reference_window(image[:, :20, :30], mask[:20, :30] | True, 56)  # padded with zeros
+    assert window.shape == (3, 56, 56) and window[:, 20:].abs().sum() == 0 and int(window_mask.sum()) == 600
+
+
+@pytest.mark.parametrize("generic", [False, True])
+def test_forward_shapes_and_backward_reach_every_trainable_parameter(generic):
+    model = tiny_model(generic=generic)
+    images = torch.randn(2, 3, 56, 84)
+    masks = torch.zeros(2, 56, 84, dtype=torch.bool)
+    masks[0, 10:20, 30:33] = True
+    masks[1, 40:41, 70:72] = True
+    output = model(images, model.embed_reference(images, masks))
+    assert output.flows.shape == (2, 2, 56, 84)
+    assert output.same_type_logits.shape == (2, 56, 84)
+    assert output.fused.shape == (2, 32, 4, 6)
+    (output.flows.square().mean() + output.same_type_logits.mean() + output.fused.mean()).backward()
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            assert parameter.grad is not None and torch.isfinite(parameter.grad).all(), name
+            assert parameter.grad.abs().sum() > 0, name
+
+
+def test_the_reference_guides_the_output_unless_generic():
+    images = torch.randn(1, 3, 42, 42)
+    first, second = torch.randn(1, 32), torch.randn(1, 32)
+    model = tiny_model().eval()
+    with torch.no_grad():
+        assert not torch.allclose(model(images, first).same_type_logits, model(images, second).same_type_logits)
+    generic = tiny_model(generic=True).eval()
+    with torch.no_grad():
+        assert torch.equal(generic(images, first).same_type_logits, generic(images, second).same_type_logits)
+        assert torch.equal(generic(images).flows, generic(images, first).flows)
+    assert sorted(generic.state_dict()) == sorted(model.state_dict())  # same parameters, interchangeable
+
+
+def test_the_reference_token_takes_part_in_attention():
+    """Changing only the reference token (through its marker) changes the query tokens: they attend to it."""
+    model = tiny_model().eval()
+    images, embedding = torch.randn(1, 3, 28, 42), torch.randn(1, 32)
+    with torch.no_grad():
+        before = model.fusion(model.backbone(images).features, embedding)
+        model.fusion.reference_marker.add_(torch.randn(32))  # not a constant: pre-norm LayerNorm removes those
+        after = model.fusion(model.backbone(images).features, embedding)
+    assert (before - after).abs().amax() > 1e-3
+
+
+def test_vits14_full_depth_forward_and_backward():
+    torch.manual_seed(0)
+    model = build_percs_dino(ModelConfig(backbone="vits14"))
+    images = torch.randn(2, 3, 56, 56)
+    masks = torch.zeros(2, 56, 56, dtype=torch.bool)
+    masks[:, 20:30, 25:35] = True
+    output = model(images, model.embed_reference(images, masks))
+    assert output.flows.shape == (2, 2, 56, 56) and output.fused.shape == (2, 256, 4, 4)
+    (output.flows.square().mean() + F.softplus(output.same_type_logits).mean()).backward()
+    assert model.backbone.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+    assert model.fusion.project.weight.grad.abs().sum() > 0
+
+
+def test_build_with_the_pretrained_vits14_file():
+    path = weights_file("dinov2_vits14_pretrain.pth")
+    model = build_percs_dino(ModelConfig(backbone="vits14"), backbone_weights=path)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    assert torch.equal(model.backbone.blocks[11].mlp.fc2.weight, state["blocks.11.mlp.fc2.weight"])
+
+
+def test_config_errors_name_the_key():
+    with pytest.raises(ValueError, match="head.num_heads"):
+        HeadConfig(dim=256, num_heads=3)
+    with pytest.raises(ValueError, match="head.depth"):
+        HeadConfig(depth=0)
+    with pytest.raises(ValueError, match="strides"):
+        PerCSDino(tiny_model().backbone, HeadConfig(decoder_strides=(2, 2)))
+    with pytest.raises(ValueError, match="vitx14"):
+        ModelConfig(backbone="vitx14")
+
+
+def test_input_errors_name_the_argument():
+    model = tiny_model()
+    images = torch.randn(1, 3, 28, 28)
+    with pytest.raises(ValueError, match="reference_masks is empty"):
+        model.embed_reference(images, torch.zeros(1, 28, 28, dtype=torch.bool))
+    with pytest.raises(ValueError, match="reference_masks has shape"):
+        model.embed_reference(images, torch.ones(1, 28, 27, dtype=torch.bool))
+    with pytest.raises(ValueError, match="reference_embedding is None"):
+        model(images)
+    with pytest.raises(ValueError, match="reference_embedding has shape"):
+        model(images, torch.randn(1, 31))
+    with pytest.raises(ValueError, match="images has height 27"):
+        model(torch.randn(1, 3, 27, 28), torch.randn(1, 32))
+    with pytest.raises(ValueError, match="reference_mask is empty"):
+        reference_window(images[0], torch.zeros(28, 28, dtype=torch.bool), 28)
+    with pytest.raises(ValueError, match="labels has spatial shape"):
+        label_coverage(torch.zeros(15, 14, dtype=torch.int64))
