@@ -86,6 +86,71 @@ def cmd_synthetic(args: argparse.Namespace) -> int:
     return 0
 
 
+def _names(text: str | None) -> tuple[str, ...]:
+    return tuple(n.strip() for n in (text or "").split(",") if n.strip())
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from percs.data.build import BuildConfig, build_benchmark
+    from percs.data.stats import format_stats
+
+    novel = "all" if args.novel_types == "all" else _names(args.novel_types)
+    config = BuildConfig(args.protocol, novel, args.novel_count, _names(args.distractor_types), args.test_fraction,
+                         args.val_fraction, args.variants, args.paste_ratio, args.gap, args.reference,
+                         args.group_pattern, args.seed, args.name)
+    try:
+        dataset = build_benchmark(args.sources, args.out, config)
+    except (DataFileError, DatasetError, ValueError) as error:
+        print(f"percs data build: error: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote {dataset.root}")
+    print(format_stats(dataset))
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from percs.data.format import load_dataset
+    from percs.data.stats import format_stats
+
+    try:
+        dataset = load_dataset(args.dataset, verify=args.verify)
+    except (DataFileError, DatasetError) as error:
+        print(f"percs data stats: error: {error}", file=sys.stderr)
+        return 1
+    print(format_stats(dataset))
+    return 0
+
+
+def _add_build(sub) -> None:
+    p = sub.add_parser("build", help="assemble a benchmark (splits, mixed-type images, fixed queries) from "
+                                     "imported datasets")
+    p.add_argument("sources", nargs="+", type=Path, help="imported dataset folders (percs data import)")
+    p.add_argument("--out", required=True, type=Path, help="new benchmark folder (must not exist or be empty)")
+    p.add_argument("--name", help="benchmark name (default: the --out folder's name)")
+    p.add_argument("--protocol", choices=("auto", "percs", "pannuke"), default="auto",
+                   help="percs: one type per image, split by type, pasting; pannuke: multi-class images, no "
+                        "pasting; auto: pannuke when an image holds several types (default)")
+    novel = p.add_mutually_exclusive_group()
+    novel.add_argument("--novel-types", metavar="A,B|all", help="types held out as novel, or all")
+    novel.add_argument("--novel-count", type=int, default=0, help="number of novel types drawn with --seed")
+    p.add_argument("--distractor-types", metavar="A,B", help="types kept in the images but never targets")
+    p.add_argument("--test-fraction", type=float, default=0.2, help="of the seen images per type (default 0.2)")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="of the seen images per type (default 0.1)")
+    p.add_argument("--variants", type=int, default=3, help="mixed-type versions per evaluation image (default 3)")
+    p.add_argument("--paste-ratio", type=float, default=0.5, help="pasted cells per own cell (default 0.5)")
+    p.add_argument("--gap", type=int, default=1, help="background pixels between a pasted cell and any cell")
+    p.add_argument("--reference", choices=("another-image", "same-image"), default="another-image",
+                   help="where fixed references come from (default: another image of the type where one exists)")
+    p.add_argument("--group-pattern", metavar="REGEX",
+                   help="images whose names give the same first regex group (e.g. a tile) share a split")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_build)
+    p = sub.add_parser("stats", help="images, cells, types and queries per split of a dataset")
+    p.add_argument("dataset", type=Path)
+    p.add_argument("--no-verify", dest="verify", action="store_false", help="skip the sha256 checks")
+    p.set_defaults(func=cmd_stats)
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=Path, help="new dataset folder (must not exist or be empty)")
     p.add_argument("--name", help="dataset name (default: the --out folder's name)")
@@ -128,10 +193,12 @@ def _add_import(sub) -> None:
 
 
 def add_data_commands(commands) -> None:
-    """Adds `data import FORMAT` and `data synthetic` to the top-level subparsers."""
-    data = commands.add_parser("data", help="datasets: import public layouts, write synthetic data")
+    """Adds `data import FORMAT`, `data synthetic`, `data build` and `data stats` to the top-level subparsers."""
+    data = commands.add_parser("data", help="datasets: import public layouts, write synthetic data, build "
+                                            "benchmarks")
     sub = data.add_subparsers(dest="data_command", required=True)
     _add_import(sub)
+    _add_build(sub)
     p = sub.add_parser("synthetic", help="write a synthetic dataset (five cell types, two modality groups)")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--name", default="synthetic")
