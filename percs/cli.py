@@ -23,6 +23,10 @@ def build_parser() -> argparse.ArgumentParser:
     from percs.data.cli import add_data_commands  # `percs data ...`: parsers next to the library they call
 
     add_data_commands(sub)
+
+    from percs.train.cli import add_train_command  # `percs train`
+
+    add_train_command(sub)
     return parser
 
 
