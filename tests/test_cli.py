@@ -20,11 +20,14 @@ def test_info_prints_json(capsys):
     assert report["cuda_usable"] == (torch.cuda.is_available() and "cuda" in report["backends"])
 
 
-def test_console_module_runs():
-    out = subprocess.run([sys.executable, "-m", "percs", "info"], capture_output=True, text=True, check=True)
+def test_console_module_runs(tmp_path):
+    # Outside the source tree: `python -m` puts the working directory first on sys.path.
+    out = subprocess.run(
+        [sys.executable, "-m", "percs", "info"], capture_output=True, text=True, check=True, cwd=tmp_path
+    )
     assert json.loads(out.stdout)["backends"][0] == "cpu"
 
 
-def test_unknown_command_fails():
-    out = subprocess.run([sys.executable, "-m", "percs", "nonsense"], capture_output=True, text=True)
+def test_unknown_command_fails(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "percs", "nonsense"], capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 2 and "invalid choice" in out.stderr
