@@ -120,7 +120,8 @@ def test_two_process_gloo_run(bench, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "percs", "train", "--config", str(config_file), "--out", str(tmp_path / "run")]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    # cwd outside the source tree: `-m percs` would otherwise import the uncompiled checkout.
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     run = tmp_path / "run"
     assert sorted(p.name for p in run.iterdir()) == ["config.json", "last.pt", "log.jsonl"]
