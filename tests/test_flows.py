@@ -320,3 +320,52 @@ def test_kernel_rejects_unrenumbered_labels_and_stray_points():
         F._backend.cpu.get_masks(np.array([[7.0, 0.0]], np.float32), np.array([0]), 2, 2, 10, 2, 0.4)
     with pytest.raises(ValueError, match="pixel_index"):
         F._backend.cpu.get_masks(np.array([[0.0, 0.0]], np.float32), np.array([9]), 2, 2, 10, 2, 0.4)
+
+
+# ---------------------------------------------------------------- property tests (hypothesis), every kernel
+
+@st.composite
+def flow_fields(draw, max_side=20):
+    H = draw(st.integers(1, max_side))
+    W = draw(st.integers(1, max_side))
+    return random_unit_flows((H, W), draw(st.integers(0, 2**31 - 1)))
+
+
+@settings(max_examples=40, deadline=None)
+@given(flow_fields(), st.integers(0, 2**31 - 1), st.integers(0, 60))
+def test_follow_flows_property_matches_reference_and_stays_inside(flows, seed, niter):
+    _, H, W = flows.shape
+    rng = np.random.default_rng(seed)
+    points = (rng.uniform(size=(20, 2)) * (np.array([H, W]) - 1)).astype(np.float32)
+    ends = F.follow_flows(flows, points, niter)
+    np.testing.assert_array_equal(ends, R.follow_flows(flows, points, niter))
+    assert (ends >= 0).all() and (ends[:, 0] <= H - 1).all() and (ends[:, 1] <= W - 1).all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 40), st.integers(0, 2**31 - 1), st.floats(0.05, 1.0))
+def test_get_masks_property_matches_reference_and_is_canonical(H, W, seed, fraction):
+    ends, pixel_index = clustered_endpoints((H, W), seed)
+    got = F._backend.cpu.get_masks(ends, pixel_index, H, W, F.SEED_MIN_COUNT, F.GROW_MIN_COUNT, fraction)
+    np.testing.assert_array_equal(got, R.get_masks(ends, pixel_index, (H, W), max_size_fraction=fraction))
+    np.testing.assert_array_equal(got, R.canonical(got))
+    assert not got.ravel()[np.setdiff1d(np.arange(H * W), pixel_index)].any()  # only start pixels get labels
+    assert np.bincount(got.ravel())[1:].max(initial=0) <= fraction * H * W
+
+
+@settings(max_examples=30, deadline=None)
+@given(label_images(), st.integers(0, 2**31 - 1))
+def test_flow_error_property_matches_reference_own_flows_zero(labels, seed):
+    flows = random_unit_flows(labels.shape, seed)
+    np.testing.assert_allclose(F.flow_error(labels, flows), R.flow_error(labels, flows), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(F.flow_error(labels, F.masks_to_flows(labels)), 0, atol=1e-12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**31 - 1))
+def test_fill_holes_property_matches_reference_and_keeps_masks(seed):
+    labels = rings(seed)
+    filled = F.fill_holes(labels)
+    np.testing.assert_array_equal(filled, R.fill_holes(labels))
+    assert (filled[labels > 0] == labels[labels > 0]).all()  # no mask pixel is overwritten
+    np.testing.assert_array_equal(F.fill_holes(filled), filled)  # idempotent
