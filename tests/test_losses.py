@@ -139,3 +139,14 @@ def test_loss_config_errors_name_the_key():
         LossConfig(temperature=0.0)
     with pytest.raises(ValueError, match="loss.flow_weight"):
         LossConfig(flow_weight=-1.0)
+
+
+def test_same_type_pos_weight_weights_positive_pixels():
+    logits = torch.tensor([[[0.3, -1.2], [2.0, 0.5]]])
+    target = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
+    p = torch.sigmoid(logits)
+    expected = -(4.0 * target * torch.log(p) + (1 - target) * torch.log(1 - p)).mean()
+    torch.testing.assert_close(same_type_loss(logits, target, 4.0), expected)
+    torch.testing.assert_close(same_type_loss(logits, target), same_type_loss(logits, target, 1.0))
+    with pytest.raises(ValueError, match="same_type_pos_weight"):
+        LossConfig(same_type_pos_weight=-1.0)

@@ -20,15 +20,19 @@ from percs.model.reference import label_coverage, pool_features
 
 @dataclass(frozen=True)
 class LossConfig:
-    """Weights of the three terms and the contrastive temperature (0.1, the paper's)."""
+    """Weights of the three terms, the contrastive temperature (0.1, the paper's) and the weight of positive
+    pixels in the same-type BCE (1 = the paper's plain BCE). The reference's type often covers a few percent of a
+    crop (a pasted type with one or two cells), so plain BCE can settle on "no" everywhere; a larger
+    `same_type_pos_weight` counters that imbalance."""
 
     flow_weight: float = 1.0
     same_type_weight: float = 1.0
     contrastive_weight: float = 1.0
     temperature: float = 0.1
+    same_type_pos_weight: float = 1.0
 
     def __post_init__(self) -> None:
-        for key in ("flow_weight", "same_type_weight", "contrastive_weight"):
+        for key in ("flow_weight", "same_type_weight", "contrastive_weight", "same_type_pos_weight"):
             if not getattr(self, key) >= 0:
                 raise ValueError(f"loss.{key} must be >= 0, got {getattr(self, key)!r}")
         if not self.temperature > 0:
@@ -63,11 +67,13 @@ def flow_loss(flows: torch.Tensor, unit_flows: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(flows.float(), FLOW_SCALE * unit_flows.float())
 
 
-def same_type_loss(same_type_logits: torch.Tensor, same_type: torch.Tensor) -> torch.Tensor:
-    """Mean binary cross-entropy with logits over all pixels: logits (B, H, W), target (B, H, W) bool or {0, 1}."""
+def same_type_loss(same_type_logits: torch.Tensor, same_type: torch.Tensor, pos_weight: float = 1.0) -> torch.Tensor:
+    """Mean binary cross-entropy with logits over all pixels: logits (B, H, W), target (B, H, W) bool or {0, 1};
+    positive pixels weighted by pos_weight."""
     if same_type_logits.shape != same_type.shape:
         raise ValueError(f"same_type has shape {tuple(same_type.shape)}, expected {tuple(same_type_logits.shape)}")
-    return F.binary_cross_entropy_with_logits(same_type_logits.float(), same_type.float())
+    weight = torch.tensor(float(pos_weight), device=same_type_logits.device)
+    return F.binary_cross_entropy_with_logits(same_type_logits.float(), same_type.float(), pos_weight=weight)
 
 
 def cell_embeddings(
@@ -151,7 +157,7 @@ def percs_loss(
     DistributedDataParallel each rank contrasts its own cells only.
     """
     flow = flow_loss(output.flows, unit_flows)
-    same = same_type_loss(output.same_type_logits, same_type)
+    same = same_type_loss(output.same_type_logits, same_type, config.same_type_pos_weight)
     embeddings, types = cell_embeddings(output.fused, labels, instance_types)
     contrastive, n_anchors = supervised_contrastive_loss(embeddings, types, config.temperature)
     total = config.flow_weight * flow + config.same_type_weight * same + config.contrastive_weight * contrastive
