@@ -1,0 +1,1 @@
+"""Scoring segmentation methods on a benchmark's fixed queries (`percs eval`)."""
