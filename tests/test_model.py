@@ -68,9 +68,9 @@ def test_reference_window_is_centred_on_the_cell_and_inside_the_image():
     assert window.shape == (3, 56, 56) and window[:, 20:].abs().sum() == 0 and int(window_mask.sum()) == 600
 
 
-@pytest.mark.parametrize("generic", [False, True])
-def test_forward_shapes_and_backward_reach_every_trainable_parameter(generic):
-    model = tiny_model(generic=generic)
+@pytest.mark.parametrize("generic, detail", [(False, 0), (True, 0), (False, 4)])
+def test_forward_shapes_and_backward_reach_every_trainable_parameter(generic, detail):
+    model = tiny_model(generic=generic, detail_channels=detail)
     images = torch.randn(2, 3, 56, 84)
     masks = torch.zeros(2, 56, 84, dtype=torch.bool)
     masks[0, 10:20, 30:33] = True
@@ -97,6 +97,25 @@ def test_the_reference_guides_the_output_unless_generic():
         assert torch.equal(generic(images, first).same_type_logits, generic(images, second).same_type_logits)
         assert torch.equal(generic(images).flows, generic(images, first).flows)
     assert sorted(generic.state_dict()) == sorted(model.state_dict())  # same parameters, interchangeable
+
+
+def test_the_detail_branch_sees_single_pixels_of_the_query_window():
+    """With a detail branch, one changed pixel changes the output around it beyond its patch's 7 x 7 block
+    structure; without one, the output of a pixel depends on its token only (plus the final 3 x 3)."""
+    images = torch.randn(1, 3, 42, 42)
+    changed = images.clone()
+    changed[0, :, 20, 20] += 5.0
+    embedding = torch.randn(1, 32)
+    for detail, expected in ((3, True), (0, False)):
+        model = tiny_model(detail_channels=detail).eval()
+        with torch.no_grad():
+            model.backbone.requires_grad_(False)
+            features = model.backbone(images).features  # the same tokens for both: only the branch differs
+            a = model.decode_features(features, embedding, images).flows
+            b = model.decode_features(features, embedding, changed).flows
+        assert bool((a - b).abs().amax() > 1e-6) is expected
+    with pytest.raises(ValueError, match="images has shape None"):
+        tiny_model(detail_channels=3).decode_features(features, embedding)
 
 
 def test_the_reference_token_takes_part_in_attention():
@@ -135,6 +154,8 @@ def test_config_errors_name_the_key():
         HeadConfig(dim=256, num_heads=3)
     with pytest.raises(ValueError, match="head.depth"):
         HeadConfig(depth=0)
+    with pytest.raises(ValueError, match="head.detail_channels"):
+        HeadConfig(detail_channels=-1)
     with pytest.raises(ValueError, match="strides"):
         PerCSDino(tiny_model().backbone, HeadConfig(decoder_strides=(2, 2)))
     with pytest.raises(ValueError, match="vitx14"):

@@ -61,6 +61,22 @@ def test_overfits_one_image(bench, tmp_path):
     assert last["same_type"] < 0.05, (first, last)
 
 
+def test_feature_cache_keeps_the_images_for_a_detail_branch(bench, tmp_path):
+    """The cached path and the uncached path give the detail branch the same query crop."""
+    config = tiny_config(bench, model={"backbone": "vits14", "backbone_depth": 1, "backbone_embed_dim": 32,
+                                       "backbone_num_heads": 2, "head": {"dim": 32, "depth": 1, "num_heads": 4,
+                                                                          "decoder_channels": [16, 8],
+                                                                          "detail_channels": 4}})
+    trainer = Trainer(config, tmp_path, init_distributed("cpu"))
+    cache = FeatureCache(trainer.train_set, trainer.model, [0], 1, trainer.info.device)
+    cached = cache.batch([0], 0)
+    trainer.train_set.set_epoch(0)
+    item = trainer.train_set[0]
+    assert cached.images is not None
+    torch.testing.assert_close(cached.images[0], item.image, atol=2e-3, rtol=1e-3)  # float16 storage
+    assert trainer.step(cached).as_floats()["total"] > 0
+
+
 @pytest.mark.parametrize("cache, stop", [("off", 3), ("on", 6)])
 def test_resume_reproduces_the_uninterrupted_run(bench, tmp_path, cache, stop):
     config = tiny_config(bench, train={"feature_cache": cache, "feature_cache_variants": 2},

@@ -194,3 +194,21 @@ def test_bad_files_are_named(synthetic, tmp_path):
     labels_path.write_bytes(b"not a tiff")
     with pytest.raises(DataFileError, match=f"{labels_path}: cannot read labels"):
         TrainDataset(load_dataset(copy.root, verify=False), "train")
+
+
+@pytest.mark.parametrize("sampling, expected_share", [("cell", 0.75), ("type", 0.5)])
+def test_reference_type_follows_the_sampling_rule(real, sampling, expected_share):
+    """Three cells of one type and one of another: "cell" picks the first type 3 times in 4, "type" 1 in 2."""
+    dataset = TrainDataset(real, "train", SamplingConfig(absent_fraction=0.0, reference_sampling=sampling), seed=0)
+    major, minor = dataset.reference_types[:2]
+    canvas = dataset._crop(0, np.random.default_rng(0))
+    canvas.types = {1: major, 2: minor, 3: major, 4: major}
+    rng = np.random.default_rng(5)
+    draws = [dataset._reference_type(canvas, rng) for _ in range(4000)]
+    assert set(draws) == {major, minor}
+    assert abs(draws.count(major) / len(draws) - expected_share) < 0.03
+
+
+def test_reference_sampling_is_checked():
+    with pytest.raises(ValueError, match="reference_sampling"):
+        SamplingConfig(reference_sampling="area").check()

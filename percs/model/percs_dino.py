@@ -35,6 +35,8 @@ class HeadConfig:
     to 14; 128 then 64 channels keep the full-resolution activations small next to the backbone's).
     generic: the "filter" baseline's class-agnostic mode: the reference is ignored and channel 3 is trained
     as "pixel belongs to any cell" (the trainer builds that target); same parameters, no extra architecture.
+    detail_channels: width of the decoder's full-resolution detail branch on the input image (not in the
+    paper; 0 = the paper's decoder; see `FlowDecoder`).
     """
 
     dim: int = 256
@@ -43,12 +45,16 @@ class HeadConfig:
     decoder_channels: tuple[int, ...] = (128, 64)
     decoder_strides: tuple[int, ...] = (2, 7)
     generic: bool = False
+    detail_channels: int = 0
 
     def __post_init__(self) -> None:
         for key in ("dim", "depth", "num_heads"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"head.{key} must be a positive integer, got {value!r}")
+        if isinstance(self.detail_channels, bool) or not isinstance(self.detail_channels, int) \
+                or self.detail_channels < 0:
+            raise ValueError(f"head.detail_channels must be an integer >= 0, got {self.detail_channels!r}")
         if self.dim % self.num_heads:
             raise ValueError(f"head.num_heads {self.num_heads} does not divide head.dim {self.dim}")
         object.__setattr__(self, "decoder_channels", tuple(self.decoder_channels))
@@ -88,7 +94,8 @@ class PerCSDino(nn.Module):
         self.head_config = head
         self.backbone = backbone
         self.fusion = ReferenceFusion(backbone.spec.embed_dim, head.dim, head.depth, head.num_heads, head.generic)
-        self.decoder = FlowDecoder(head.dim, head.decoder_channels, head.decoder_strides)
+        self.decoder = FlowDecoder(head.dim, head.decoder_channels, head.decoder_strides,
+                                   head.detail_channels)
 
     @property
     def generic(self) -> bool:
@@ -102,12 +109,14 @@ class PerCSDino(nn.Module):
     def forward(self, images: torch.Tensor, reference_embedding: torch.Tensor | None = None) -> PerCSOutput:
         """Query windows (B, 3, H, W), normalised, sides multiples of 14; reference_embedding (B, C) (None or
         ignored when generic)."""
-        return self.decode_features(self.backbone(images).features, reference_embedding)
+        return self.decode_features(self.backbone(images).features, reference_embedding, images)
 
-    def decode_features(self, features: torch.Tensor, reference_embedding: torch.Tensor | None) -> PerCSOutput:
-        """The head alone, on backbone features (B, C, h, w), e.g. cached ones of a frozen backbone."""
+    def decode_features(self, features: torch.Tensor, reference_embedding: torch.Tensor | None,
+                        images: torch.Tensor | None = None) -> PerCSOutput:
+        """The head alone, on backbone features (B, C, h, w), e.g. cached ones of a frozen backbone; images
+        (B, 3, 14 h, 14 w), the query windows, are needed when the decoder has a detail branch."""
         fused = self.fusion(features, reference_embedding)
-        output = self.decoder(fused)
+        output = self.decoder(fused, images)
         return PerCSOutput(flows=output[:, :2], same_type_logits=output[:, 2], fused=fused)
 
 

@@ -67,7 +67,8 @@ class TrainStep(nn.Module):
     def forward(self, batch: HeadBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         model = self.model
         if batch.features is not None:
-            output = model.decode_features(batch.features, None if model.generic else batch.reference_embedding)
+            output = model.decode_features(batch.features, None if model.generic else batch.reference_embedding,
+                                           batch.images)
             return output.flows, output.same_type_logits, output.fused
         embedding = None
         if not model.generic:
@@ -75,7 +76,7 @@ class TrainStep(nn.Module):
                 embedding = model.embed_reference(batch.reference_images, batch.reference_masks)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen_backbone):
             features = model.backbone(batch.images).features
-        output = model.decode_features(features, embedding)
+        output = model.decode_features(features, embedding, batch.images)
         return output.flows, output.same_type_logits, output.fused
 
 
@@ -94,6 +95,7 @@ class FeatureCache:
     def __init__(self, dataset: TrainDataset, model: PerCSDino, indices: list[int], variants: int,
                  device: torch.device, progress: bool = False):
         self.variants = variants
+        self.keep_images = model.head_config.detail_channels > 0  # the decoder's detail branch reads them
         self.seed = dataset.seed
         self.entries: dict[tuple[int, int], HeadBatch] = {}
         generic = model.generic
@@ -107,7 +109,7 @@ class FeatureCache:
                 batch = head_batch(collate([dataset[index]]), generic).to(device)
                 features = model.backbone(batch.images).features
                 embedding = None if generic else model.embed_reference(batch.reference_images, batch.reference_masks)
-                self.entries[index, variant] = _compact(batch, features, embedding)
+                self.entries[index, variant] = _compact(batch, features, embedding, self.keep_images)
         model.train(was_training)
 
     def batch(self, indices: list[int], epoch: int) -> HeadBatch:
@@ -121,14 +123,17 @@ class FeatureCache:
             instance_types=[t for e in entries for t in e.instance_types],
             features=torch.cat([e.features for e in entries]),
             reference_embedding=None if embeddings[0] is None else torch.cat(embeddings),
+            images=torch.cat([e.images for e in entries]).float() if self.keep_images else None,
         )
 
 
-def _compact(batch: HeadBatch, features: torch.Tensor, embedding: torch.Tensor | None) -> HeadBatch:
-    """One cached version in compact dtypes (unit flows in float16: |error| < 5e-4 on values in [-1, 1])."""
+def _compact(batch: HeadBatch, features: torch.Tensor, embedding: torch.Tensor | None, keep_images: bool) -> HeadBatch:
+    """One cached version in compact dtypes (unit flows in float16: |error| < 5e-4 on values in [-1, 1]; the
+    image, kept only for a detail branch, in float16 too: 3 x 2 bytes per pixel)."""
     return HeadBatch(batch.unit_flows.half(), batch.same_type.bool(), batch.instances.int(),
                      [t[t >= 0] for t in batch.instance_types], features=features.float(),
-                     reference_embedding=None if embedding is None else embedding.float())
+                     reference_embedding=None if embedding is None else embedding.float(),
+                     images=batch.images.half() if keep_images else None)
 
 
 def _progress(items, description: str):
