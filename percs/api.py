@@ -1,19 +1,27 @@
 """The notebook-facing API: load a trained PerCS-DINO checkpoint once, then segment images with a reference cell.
 
-    from percs.api import load_model
-    model, config = load_model("runs/mini/best.pt")          # checksum verified, weights restored
+    from percs.api import Segmenter
+    segmenter = Segmenter.from_checkpoint("runs/mini/best.pt")   # checksum verified, weights restored, once
+    reference = segmenter.reference(image, labels=truth, label=12)  # or segmenter.reference(image, cell_mask)
+    result = segmenter.segment(other_image, reference)           # SegmentationResult of NumPy arrays
+    for result in segmenter.segment_many(images, reference): ...
 
-`percs.api.Segmenter` (below) wraps a loaded model with the predictor for many images and one reference.
+`load_model` gives the bare (model, config) for code that drives `percs.predict.Predictor` itself.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, Iterator, Mapping
 
+import numpy as np
 import torch
 
+from percs.flows import renumber
 from percs.model.percs_dino import PerCSDino
+from percs.predict import Predictor, PredictorConfig
 
 
 class ModelLoadError(ValueError):
@@ -59,3 +67,158 @@ def load_model(checkpoint: str | Path, device: str | torch.device | None = "auto
     except RuntimeError as error:
         raise ModelLoadError(f"checkpoint {path}: its weights do not fit its config's model: {error}") from None
     return model.to(resolve_device(device)).eval(), config
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A reference cell, ready for `Segmenter.segment`.
+
+    embedding: (C,) float32 on the model's device; None for a generic model, which ignores the reference.
+    mask: (H, W) bool, the reference cell in its image (for drawing it).
+    """
+
+    embedding: torch.Tensor | None
+    mask: np.ndarray
+
+
+@dataclass
+class SegmentationResult:
+    """One image's segmentation as NumPy arrays on the host.
+
+    labels: (H, W) int32 cells of the reference's type, 0 background, 1..N in raster order of their first pixel.
+    probability: (H, W) float32 same-type probability (sigmoid of the model's logit).
+    cell_probability: (N,) float32, entry l - 1 the mean of `probability` over the pixels of label l.
+    flows: (2, H, W) float32 dy, dx in FLOW_SCALE x unit-flow units, for every cell whatever its type.
+    """
+
+    labels: np.ndarray
+    probability: np.ndarray
+    cell_probability: np.ndarray
+    flows: np.ndarray
+
+
+def image_shape(image) -> tuple[int, int]:
+    """(H, W) of an image as the predictor takes it: a NumPy (H, W) / (H, W, C) array or a (3, H, W) tensor."""
+    if isinstance(image, torch.Tensor) and image.ndim == 3:
+        return tuple(image.shape[1:])
+    if isinstance(image, np.ndarray) and image.ndim in (2, 3):
+        return image.shape[:2]
+    raise ValueError(f"reference_image has shape {tuple(getattr(image, 'shape', ()))}, expected a NumPy "
+                     "(H, W) or (H, W, C) array or a normalised (3, H, W) tensor")
+
+
+def reference_cell_mask(shape: tuple[int, int], reference_mask=None, labels=None, label: int | None = None):
+    """(H, W) bool mask of the reference cell, from a binary `reference_mask` or from `labels` == `label`.
+
+    shape: the reference image's (H, W). Exactly one of reference_mask (bool or {0, 1}) and labels (integer
+    label image, with `label`, a label id in it) must be given. ValueError naming the argument otherwise.
+    """
+    if (reference_mask is None) == (labels is None):
+        raise ValueError("give either reference_mask or labels (with label), not " +
+                         ("both" if labels is not None else "neither"))
+    if labels is None and label is not None:
+        raise ValueError("label is given without labels; a label id picks a cell of a label image")
+    name, array = ("reference_mask", reference_mask) if labels is None else ("labels", labels)
+    array = np.asarray(array.cpu() if isinstance(array, torch.Tensor) else array)
+    if array.shape != tuple(shape):
+        raise ValueError(f"{name} has shape {array.shape}, expected the reference image's {tuple(shape)}")
+    if array.dtype.kind not in "biu":
+        raise ValueError(f"{name} has dtype {array.dtype}, expected integers or bool")
+    if labels is None:
+        if array.dtype != bool and array.size and not np.isin(array, (0, 1)).all():
+            values = np.unique(array)
+            raise ValueError(f"reference_mask is not binary: it has {len(values)} values {values[:4].tolist()}..., "
+                             "expected bool or {0, 1} (for a label image pass labels= and label=)")
+        mask = array.astype(bool)
+    else:
+        if label is None:
+            raise ValueError("label is missing: which cell of labels is the reference?")
+        mask = array == label
+        if label == 0 or not mask.any():
+            raise ValueError(f"label {label} is not a cell of labels")
+    if not mask.any():
+        raise ValueError("reference_mask is empty")
+    return mask
+
+
+class Segmenter:
+    """A model and its predictor settings, for segmenting many images with one reference cell.
+
+    model: a PerCS-DINO model (or anything with the `percs.predict.Predictor` model interface). predict: the
+    predictor settings (default `PredictorConfig()`). min_cell_probability: the optional second filter in
+    [0, 1]: cells whose mean same-type probability is below it are dropped and the rest renumbered 1..N.
+    """
+
+    def __init__(self, model: torch.nn.Module, predict: PredictorConfig | None = None,
+                 min_cell_probability: float | None = None):
+        if predict is not None and not isinstance(predict, PredictorConfig):
+            raise TypeError(f"predict must be a PredictorConfig, got {type(predict).__name__}")
+        if min_cell_probability is not None and not 0.0 <= float(min_cell_probability) <= 1.0:
+            raise ValueError(f"min_cell_probability must be in [0, 1], got {min_cell_probability!r}")
+        self.predictor = Predictor(model, predict or PredictorConfig())
+        self.min_cell_probability = None if min_cell_probability is None else float(min_cell_probability)
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str | Path, device: str | torch.device | None = "auto",
+                        predict: PredictorConfig | Mapping | None = None,
+                        min_cell_probability: float | None = None) -> "Segmenter":
+        """Loads a `percs train` checkpoint once (`load_model`: checksum verified). predict: a PredictorConfig,
+        or a dict of overrides of the checkpoint's own `predict` section (the settings its validation used),
+        or None for that section as it is."""
+        model, config = load_model(checkpoint, device)
+        if isinstance(predict, Mapping):
+            unknown = sorted(set(predict) - {f.name for f in dataclasses.fields(PredictorConfig)})
+            if unknown:
+                raise ValueError(f"predict has unknown keys {unknown}")
+            predict = dataclasses.replace(config.predict, **predict)
+        return cls(model, config.predict if predict is None else predict, min_cell_probability)
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.predictor.model
+
+    @property
+    def generic(self) -> bool:
+        """Whether the model is generic (segments every cell and ignores the reference)."""
+        return bool(getattr(self.model, "generic", False))
+
+    def reference(self, reference_image, reference_mask=None, *, labels=None, label: int | None = None) -> Reference:
+        """The reference cell of reference_image ((H, W) / (H, W, C) array, or normalised (3, H, W) tensor),
+        given as a binary (H, W) reference_mask, or as an (H, W) label image `labels` and a label id `label`."""
+        mask = reference_cell_mask(image_shape(reference_image), reference_mask, labels, label)
+        if self.generic:
+            return Reference(None, mask)
+        return Reference(self.predictor.embed_reference(reference_image, mask), mask)
+
+    def segment(self, image, reference: Reference | None) -> SegmentationResult:
+        """Cells of the reference's type in image ((H, W) / (H, W, C) array, or normalised (3, H, W) tensor).
+        reference: from `reference`; may be None for a generic model."""
+        if reference is not None and not isinstance(reference, Reference):
+            raise TypeError(f"reference must be a Reference from Segmenter.reference, got {type(reference).__name__}")
+        if reference is None and not self.generic:
+            raise ValueError("reference is None, but the model is not generic: make one with segmenter.reference")
+        prediction = self.predictor.predict(image, None if reference is None else reference.embedding)
+        result = SegmentationResult(
+            labels=prediction.labels.cpu().numpy().astype(np.int32, copy=False),
+            probability=prediction.probability.cpu().numpy().astype(np.float32, copy=False),
+            cell_probability=prediction.cell_probability.cpu().numpy().astype(np.float32, copy=False),
+            flows=prediction.flows.cpu().numpy().astype(np.float32, copy=False),
+        )
+        if self.min_cell_probability is None:
+            return result
+        return drop_unlikely_cells(result, self.min_cell_probability)
+
+    def segment_many(self, images: Iterable, reference: Reference | None) -> Iterator[SegmentationResult]:
+        """`segment` for each image in turn, lazily (images may be a generator reading files)."""
+        for image in images:
+            yield self.segment(image, reference)
+
+
+def drop_unlikely_cells(result: SegmentationResult, min_cell_probability: float) -> SegmentationResult:
+    """The second filter: cells whose mean same-type probability is below min_cell_probability removed, the
+    rest renumbered 1..N in raster order (their order is unchanged, so cell_probability keeps its entries)."""
+    keep = result.cell_probability >= min_cell_probability
+    lookup = np.concatenate(([False], keep))
+    labels = renumber(np.where(lookup[result.labels], result.labels, 0).astype(np.int32))
+    return dataclasses.replace(result, labels=labels.astype(np.int32, copy=False),
+                               cell_probability=result.cell_probability[keep])
