@@ -27,6 +27,10 @@ def build_parser() -> argparse.ArgumentParser:
     from percs.train.cli import add_train_command  # `percs train`
 
     add_train_command(sub)
+
+    from percs.evaluate.cli import add_eval_commands  # `percs eval`, `percs eval-table`
+
+    add_eval_commands(sub)
     return parser
 
 

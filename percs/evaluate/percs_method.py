@@ -1,0 +1,83 @@
+"""The "percs" method of `percs eval`: a trained PerCS-DINO checkpoint through the sliding-window predictor.
+
+For each query the reference cell is embedded from its own image (`Predictor.embed_reference`) and the
+query image predicted with that embedding. The predictor settings are the checkpoint's `predict` section,
+each overridable from the command line; `--min-cell-probability` then drops predicted cells whose mean
+same-type probability is below it (0: keep all, the paper's rule).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+import numpy as np
+
+from percs.evaluate.methods import register_method
+
+PREDICTOR_OPTIONS = {  # option -> (PredictorConfig field, type, help)
+    "--window": ("window", int, "sliding-window side in pixels (a multiple of 14)"),
+    "--stride": ("stride", int, "step between windows in pixels"),
+    "--batch-size": ("batch_size", int, "windows per forward pass"),
+    "--cellprob-threshold": ("cellprob_threshold", float, "same-type logit above which pixels are followed"),
+    "--flow-threshold": ("flow_threshold", float, "largest flow error of a kept mask"),
+    "--niter": ("niter", int, "Euler steps of the flow integration"),
+    "--min-size": ("min_size", int, "smallest kept mask in pixels"),
+}
+
+
+def add_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--checkpoint", help="a `percs train` checkpoint (best.pt / last.pt); required")
+    group.add_argument("--min-cell-probability", type=float, default=0.0,
+                       help="drop predicted cells whose mean same-type probability is below this (default 0)")
+    for option, (_, kind, text) in PREDICTOR_OPTIONS.items():
+        group.add_argument(option, type=kind, default=None, help=f"{text} (default: the checkpoint's)")
+
+
+class PercsMethod:
+    """A loaded PerCS-DINO model answering queries (see percs.evaluate.methods.Method) through
+    `percs.api.Segmenter`."""
+
+    def __init__(self, segmenter, name: str, settings: dict):
+        self.segmenter, self.name, self.settings = segmenter, name, settings
+
+    def segment(self, image: np.ndarray, reference_image: np.ndarray, reference_mask: np.ndarray) -> np.ndarray:
+        """(H, W) int32 instances of the reference's type in image (raw arrays as the dataset stores them)."""
+        reference = self.segmenter.reference(reference_image, reference_mask)
+        return self.segmenter.segment(image, reference).labels
+
+
+def method_name(model_config, generic: bool) -> str:
+    """"PerCS-DINO (vits14)", with what differs from a pretrained full-size backbone said in the parentheses."""
+    details = [model_config.backbone]
+    if not model_config.backbone_weights:
+        details.append("random-init backbone")
+    if model_config.backbone_depth:
+        details.append(f"depth {model_config.backbone_depth}")
+    if model_config.backbone_embed_dim:
+        details.append(f"width {model_config.backbone_embed_dim}")
+    if generic:
+        return f"PerCS-DINO generic ({', '.join(details)}; ignores the reference)"
+    return f"PerCS-DINO ({', '.join(details)})"
+
+
+@register_method("percs", "a trained PerCS-DINO checkpoint (--checkpoint) through the sliding-window predictor",
+                 add_arguments)
+def build_percs_method(args: argparse.Namespace, dataset) -> PercsMethod:
+    """The method of `args.checkpoint` on `args.device`, predictor settings overridden by the options."""
+    from percs.api import Segmenter, load_model
+    from percs.data.io import sha256
+
+    if not getattr(args, "checkpoint", None):
+        raise ValueError("--checkpoint is required for --method percs (a percs train best.pt or last.pt)")
+    if not 0 <= args.min_cell_probability <= 1:
+        raise ValueError(f"--min-cell-probability must be in [0, 1], got {args.min_cell_probability}")
+    model, config = load_model(args.checkpoint, getattr(args, "device", "auto"))
+    overrides = {key: getattr(args, option[2:].replace("-", "_")) for option, (key, _, _) in PREDICTOR_OPTIONS.items()}
+    predictor_config = dataclasses.replace(config.predict, **{k: v for k, v in overrides.items() if v is not None})
+    settings = {"checkpoint": str(args.checkpoint), "checkpoint_sha256": sha256(args.checkpoint),
+                "device": str(next(model.parameters()).device), "model": dataclasses.asdict(config.model),
+                "predictor": dataclasses.asdict(predictor_config),
+                "min_cell_probability": args.min_cell_probability}
+    segmenter = Segmenter(model, predictor_config, args.min_cell_probability or None)
+    return PercsMethod(segmenter, method_name(config.model, model.generic), settings)
