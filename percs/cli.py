@@ -31,6 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
     from percs.evaluate.cli import add_eval_commands  # `percs eval`, `percs eval-table`
 
     add_eval_commands(sub)
+
+    from percs.predict_cli import add_predict_command  # `percs predict`
+
+    add_predict_command(sub)
     return parser
 
 

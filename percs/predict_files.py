@@ -1,0 +1,212 @@
+"""Segmenting image files with one reference cell and writing, per image, a label image, an overlay and a
+cell table (what `percs predict` does; each step is callable from Python).
+
+    images = find_images(["plates/", "extra.tif"], out="results")
+    reference_image, reference_mask = read_reference("ref.png", "ref_mask.png")
+    jobs = plan_outputs(images, "ref.png", "results")
+    segmenter = Segmenter.from_checkpoint("best.pt")
+    failures = segment_files(segmenter, reference_image, reference_mask, jobs, "results")
+
+Outputs in the out folder, for an image `<stem>.<ext>`: `<stem>_labels.tif` (int32 labels, 0 background),
+`<stem>_overlay.png` (found cells outlined; the reference cell too when the image is the reference image) and
+`<stem>_cells.csv` (id, area in pixels, centroid_y, centroid_x in pixels, score = the cell's mean same-type
+probability); once, `reference_overlay.png` (the reference cell on its image) when an image is not the
+reference image.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from percs.api import SegmentationResult, Segmenter, reference_cell_mask
+from percs.data.io import IMAGE_SUFFIXES, DataFileError, read_image, read_label_file, to_label_image, write_tiff
+from percs.overlay import draw_overlay, save_png
+
+OUTPUT_SUFFIXES = ("_labels.tif", "_overlay.png", "_cells.csv")
+REFERENCE_OVERLAY = "reference_overlay.png"
+CELL_COLUMNS = ("id", "area", "centroid_y", "centroid_x", "score")
+
+
+@dataclass(frozen=True)
+class ImageJob:
+    """One input image: its path, the stem of its outputs, and whether it is the reference image's file."""
+
+    path: Path
+    stem: str
+    is_reference: bool
+
+
+def _is_output(path: Path) -> bool:
+    return path.name == REFERENCE_OVERLAY or path.name.endswith(OUTPUT_SUFFIXES)
+
+
+def find_images(paths: Sequence[str | Path], out: str | Path | None = None) -> list[Path]:
+    """The image files (PNG, JPEG, TIFF) of `paths`: files as given, folders' files sorted by name (not
+    recursing; in the `out` folder, files named like outputs are skipped). A file given twice is kept once.
+    DataFileError for a missing path or a file of another kind; ValueError when no image is found."""
+    out_folder = Path(out).resolve() if out is not None else None
+    found: dict[Path, Path] = {}
+    for path in map(Path, paths):
+        if path.is_dir():
+            files = [f for f in sorted(path.iterdir()) if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+                     and not f.name.startswith(".")]
+            if path.resolve() == out_folder:
+                files = [f for f in files if not _is_output(f)]
+        elif path.is_file():
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                raise DataFileError(path, f"unsupported image suffix {path.suffix!r}, expected one of {IMAGE_SUFFIXES}")
+            files = [path]
+        else:
+            raise DataFileError(path, "does not exist")
+        for file in files:
+            found.setdefault(file.resolve(), file)
+    if not found:
+        suffixes = ", ".join(IMAGE_SUFFIXES)
+        raise ValueError(f"no images found in {', '.join(map(str, paths))} (expected {suffixes} files)")
+    return list(found.values())
+
+
+def read_query_image(path: str | Path) -> np.ndarray:
+    """An image file as (H, W) or (H, W, C) with C <= 4 (channels-first TIFFs are moved last), as stored:
+    grey or colour, 8 or 16 bit or float. DataFileError naming the file otherwise."""
+    image = read_image(path)
+    if image.ndim == 3 and image.shape[-1] > 4 and image.shape[0] <= 4:
+        image = np.moveaxis(image, 0, -1)
+    if image.ndim == 3 and image.shape[-1] == 1:
+        image = image[..., 0]
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] > 4):
+        raise DataFileError(path, f"image has shape {image.shape}, expected (H, W) or (H, W, C) with up to 4 channels")
+    if image.dtype.kind not in "biuf":
+        raise DataFileError(path, f"image has dtype {image.dtype}, expected integers or floats")
+    return image
+
+
+def _mask_file_labels(path: Path) -> np.ndarray:
+    """(H, W) int64 of a mask or label file; a grey image stored as RGB(A) is taken as its first channel."""
+    raw = read_label_file(path)
+    if raw.ndim == 3 and raw.shape[-1] in (3, 4) and (raw[..., :3] == raw[..., :1]).all():
+        raw = raw[..., 0]
+    return to_label_image(raw.astype(np.uint8) if raw.dtype == bool else raw, path)
+
+
+def read_reference(image_path: str | Path, mask_path: str | Path,
+                   label: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(reference image as `read_query_image` gives it, (H, W) bool mask of the reference cell).
+
+    mask_path: without `label`, a mask file with one non-zero value (0/1, 0/255, ...), the cell; with `label`, a
+    label image, the cell being its pixels equal to `label`. DataFileError naming the file at fault when the
+    mask is empty, holds several labels (without `label`), lacks `label`, or differs in size from the image.
+    """
+    image = read_query_image(image_path)
+    labels = _mask_file_labels(Path(mask_path))
+    if labels.shape != image.shape[:2]:
+        raise DataFileError(mask_path, f"size {labels.shape} differs from the reference image {image_path}'s "
+                                       f"{image.shape[:2]} (height, width)")
+    if label is None:
+        values = np.unique(labels[labels > 0])
+        if len(values) > 1:
+            raise DataFileError(mask_path, f"holds {len(values)} labels, not one cell: pick one with --reference-label")
+    try:
+        if label is None:
+            return image, reference_cell_mask(image.shape[:2], labels > 0)
+        return image, reference_cell_mask(image.shape[:2], labels=labels, label=label)
+    except ValueError as error:
+        raise DataFileError(mask_path, str(error)) from None
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def plan_outputs(images: Sequence[Path], reference_image: str | Path, out: str | Path,
+                 overwrite: bool = False) -> list[ImageJob]:
+    """One ImageJob per image, after checking that no two images write the same output (same stem, or a
+    stem "reference" next to the reference overlay) and, unless overwrite, that no output exists yet.
+    ValueError naming the files otherwise (nothing is written before every check passed)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder")
+    jobs = [ImageJob(Path(p), Path(p).stem, _same_file(Path(p), Path(reference_image))) for p in images]
+    by_stem: dict[str, Path] = {}
+    for job in jobs:
+        first = by_stem.setdefault(job.stem.casefold(), job.path)
+        if first != job.path:
+            raise ValueError(f"{first} and {job.path} would both write {out / job.stem}_*: rename one of them")
+    outputs = [out / f"{job.stem}{suffix}" for job in jobs for suffix in OUTPUT_SUFFIXES]
+    if not all(job.is_reference for job in jobs):
+        if "reference" in by_stem:
+            raise ValueError(f"{by_stem['reference']}: its overlay would overwrite {out / REFERENCE_OVERLAY}, "
+                             "the reference cell's picture: rename the file")
+        outputs.append(out / REFERENCE_OVERLAY)
+    existing = [path for path in outputs if path.exists()]
+    if existing and not overwrite:
+        raise ValueError(f"{existing[0]} exists ({len(existing)} outputs would be overwritten): pass --overwrite, "
+                         "or choose another --out")
+    return jobs
+
+
+def cell_table(labels: np.ndarray, cell_probability: np.ndarray) -> dict[str, np.ndarray]:
+    """Columns CELL_COLUMNS for labels (H, W) int 1..N and cell_probability (N,): id, area (pixels),
+    centroid_y, centroid_x (pixels, (0, 0) the centre of the top-left pixel), score (the cell's probability)."""
+    from skimage.measure import regionprops_table
+
+    props = regionprops_table(labels, properties=("label", "area", "centroid"))
+    ids = props["label"].astype(np.int64)
+    return {"id": ids, "area": props["area"].astype(np.int64), "centroid_y": props["centroid-0"],
+            "centroid_x": props["centroid-1"], "score": np.asarray(cell_probability)[ids - 1]}
+
+
+def write_cell_table(path: Path, table: dict[str, np.ndarray]) -> None:
+    """A `cell_table` as CSV: a header line, then one row per cell (centroids to 1/1000 pixel, score to 1e-6)."""
+    with open(path, "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(CELL_COLUMNS)
+        for i, y, x, a, s in zip(table["id"], table["centroid_y"], table["centroid_x"], table["area"], table["score"]):
+            writer.writerow([int(i), int(a), f"{y:.3f}", f"{x:.3f}", f"{s:.6f}"])
+
+
+def write_outputs(out: Path, stem: str, image: np.ndarray, result: SegmentationResult,
+                  reference_mask: np.ndarray | None = None) -> None:
+    """The three outputs of one image (see the module docstring); reference_mask (H, W) bool is outlined
+    in the overlay when given (the image is the reference image)."""
+    write_tiff(out / f"{stem}_labels.tif", result.labels.astype(np.int32, copy=False))
+    save_png(out / f"{stem}_overlay.png", draw_overlay(image, result.labels, reference_mask=reference_mask))
+    write_cell_table(out / f"{stem}_cells.csv", cell_table(result.labels, result.cell_probability))
+
+
+def segment_files(segmenter: Segmenter, reference_image: np.ndarray, reference_mask: np.ndarray,
+                  jobs: Sequence[ImageJob], out: str | Path, progress: bool = True) -> list[str]:
+    """Segments every job's image with the reference cell and writes its outputs into `out` (created).
+
+    A bad image does not stop the others: the returned list holds one message per image that failed, naming
+    the file and the problem (empty when all succeeded). progress: a tqdm bar over the images on stderr.
+    """
+    from tqdm import tqdm
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    reference = segmenter.reference(reference_image, reference_mask)
+    if not all(job.is_reference for job in jobs):
+        blank = np.zeros(reference_mask.shape, np.int32)
+        save_png(out / REFERENCE_OVERLAY, draw_overlay(reference_image, blank, reference_mask=reference_mask))
+    failures = []
+    for job in tqdm(jobs, desc="percs predict", unit="image", disable=not progress, file=sys.stderr):
+        try:
+            image = read_query_image(job.path)
+            result = segmenter.segment(image, reference)
+            write_outputs(out, job.stem, image, result, reference_mask if job.is_reference else None)
+        except DataFileError as error:
+            failures.append(str(error))
+        except (ValueError, OSError) as error:
+            failures.append(f"{job.path}: {error}")
+    return failures

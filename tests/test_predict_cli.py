@@ -1,0 +1,263 @@
+"""`percs predict` and percs.predict_files: outputs, input formats, cell tables, every input error."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from PIL import Image
+from predict_helpers import ThresholdModel, checkpoint_config, write_tiny_checkpoint
+from test_data_format import write_png16
+
+import percs.api
+from percs.api import Segmenter
+from percs.cli import main
+from percs.data.synthetic import synthetic_image
+from percs.metrics import evaluate
+from percs.overlay import PREDICTED_COLOUR, REFERENCE_COLOUR
+from percs.predict_files import cell_table, read_query_image
+
+SIZE = 112
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def cells():
+    """A 112 x 112 synthetic fluorescence image (uint8 grey) and its labels."""
+    return synthetic_image((SIZE, SIZE), seed=1)
+
+
+@pytest.fixture
+def threshold_model(monkeypatch, tmp_path):
+    """`load_model` replaced by ThresholdModel under one 112-pixel window: bright blobs become cells."""
+    config = checkpoint_config(tmp_path, window=SIZE, stride=SIZE)
+    monkeypatch.setattr(percs.api, "load_model", lambda checkpoint, device="auto": (ThresholdModel(), config))
+    return Segmenter(ThresholdModel(), config.predict)
+
+
+def write_inputs(folder, cells) -> None:
+    """folder/images/a.tif, b.png (the same grey image) and folder/mask.png (cell 1, 0/255)."""
+    (folder / "images").mkdir()
+    tifffile.imwrite(folder / "images" / "a.tif", cells.image)
+    Image.fromarray(cells.image).save(folder / "images" / "b.png")
+    Image.fromarray((cells.labels == 1).astype(np.uint8) * 255).save(folder / "mask.png")
+
+
+def run_predict(tmp_path, *arguments, reference="images/a.tif", mask="mask.png", images=("images",)):
+    argv = ["predict", "--checkpoint", str(tmp_path / "ck.pt"), "--reference-image", str(tmp_path / reference),
+            "--reference-mask", str(tmp_path / mask), "--out", str(tmp_path / "out"), "--no-progress",
+            *arguments, *[str(tmp_path / p) for p in images]]
+    return main(argv)
+
+
+def read_cells_csv(path) -> list[dict[str, str]]:
+    with open(path, newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def test_cli_end_to_end_with_a_checkpoint(tmp_path, cells):
+    write_tiny_checkpoint(tmp_path / "ck.pt")
+    write_inputs(tmp_path, cells)
+    command = [sys.executable, "-m", "percs", "predict", "--checkpoint", "ck.pt", "--reference-image",
+               "images/a.tif", "--reference-mask", "mask.png", "--out", "out", "images"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "segmented 2 of 2 images" in done.stdout and "percs predict" in done.stderr  # the progress bar
+    for stem in ("a", "b"):
+        labels = tifffile.imread(tmp_path / "out" / f"{stem}_labels.tif")
+        assert labels.dtype == np.int32 and labels.shape == (SIZE, SIZE)
+        overlay = np.asarray(Image.open(tmp_path / "out" / f"{stem}_overlay.png"))
+        assert overlay.dtype == np.uint8 and overlay.shape == (SIZE, SIZE, 3)
+        rows = read_cells_csv(tmp_path / "out" / f"{stem}_cells.csv")
+        assert len(rows) == labels.max() and set(np.unique(labels)) == set(range(labels.max() + 1))
+    outlined = [(np.asarray(Image.open(tmp_path / "out" / f"{s}_overlay.png")) == REFERENCE_COLOUR).all(-1).sum()
+                for s in ("a", "b", "reference")]
+    assert outlined[0] > 0 and outlined[1] == 0 and outlined[2] == outlined[0]  # a is the reference image
+
+
+def test_cells_found_and_their_table(tmp_path, cells, threshold_model):
+    write_inputs(tmp_path, cells)
+    assert run_predict(tmp_path, images=("images/b.png",)) == 0
+    labels = tifffile.imread(tmp_path / "out" / "b_labels.tif")
+    expected = threshold_model.segment(cells.image, threshold_model.reference(cells.image, cells.labels == 1))
+    np.testing.assert_array_equal(labels, expected.labels)
+    assert evaluate(cells.labels, labels, 0.5)[0].tp >= 8  # separate blobs found as cells
+    rows = read_cells_csv(tmp_path / "out" / "b_cells.csv")
+    assert [int(r["id"]) for r in rows] == list(range(1, labels.max() + 1))
+    for row in rows:
+        ys, xs = np.nonzero(labels == int(row["id"]))
+        assert int(row["area"]) == len(ys)
+        assert float(row["centroid_y"]) == pytest.approx(ys.mean(), abs=1e-3)
+        assert float(row["centroid_x"]) == pytest.approx(xs.mean(), abs=1e-3)
+        assert float(row["score"]) == pytest.approx(expected.cell_probability[int(row["id"]) - 1], abs=1e-6)
+    overlay = np.asarray(Image.open(tmp_path / "out" / "b_overlay.png"))
+    assert (overlay == PREDICTED_COLOUR).all(-1).sum() > 0 and not (overlay == REFERENCE_COLOUR).all(-1).any()
+    assert (tmp_path / "out" / "reference_overlay.png").is_file()
+
+
+def test_min_cell_probability_drops_rows(tmp_path, cells, threshold_model):
+    write_inputs(tmp_path, cells)
+    assert run_predict(tmp_path, images=("images/a.tif",)) == 0
+    scores = [float(r["score"]) for r in read_cells_csv(tmp_path / "out" / "a_cells.csv")]
+    cut = float(np.median(scores))
+    assert run_predict(tmp_path, "--overwrite", "--min-cell-probability", str(cut), images=("images/a.tif",)) == 0
+    kept = [float(r["score"]) for r in read_cells_csv(tmp_path / "out" / "a_cells.csv")]
+    assert len(kept) == sum(s >= cut for s in scores) < len(scores) and min(kept) >= cut
+    assert tifffile.imread(tmp_path / "out" / "a_labels.tif").max() == len(kept)
+
+
+def write_formats(folder, image: np.ndarray) -> list[str]:
+    """The grey uint8 image in every format and depth (colour versions carry it in their red channel) as
+    folder/<kind>_<format>.<suffix>; the stems of the lossless ones."""
+    rgb = np.stack([image, image // 2, 255 - image], axis=-1)
+    folder.mkdir()
+    tifffile.imwrite(folder / "grey8_tif.tif", image)
+    tifffile.imwrite(folder / "grey16_tif.tif", image.astype(np.uint16) * 257)
+    tifffile.imwrite(folder / "rgb8_tif.tif", rgb, photometric="rgb")
+    tifffile.imwrite(folder / "rgb16_tif.tiff", rgb.astype(np.uint16) * 257, photometric="rgb")
+    tifffile.imwrite(folder / "planar_tif.tif", np.moveaxis(rgb, -1, 0), photometric="rgb", planarconfig="separate")
+    Image.fromarray(image).save(folder / "grey8_png.png")
+    Image.fromarray(image.astype(np.uint16) * 257).save(folder / "grey16_png.png")
+    Image.fromarray(rgb).save(folder / "rgb8_png.PNG")
+    write_png16(folder / "rgb16_png.png", rgb.astype(np.uint16) * 257, [0] * image.shape[0])
+    Image.fromarray(image).save(folder / "grey8_jpg.jpg", quality=95)
+    Image.fromarray(rgb).save(folder / "rgb8_jpg.jpeg", quality=95, subsampling=0)
+    return ["grey16_tif", "rgb8_tif", "rgb16_tif", "planar_tif", "grey8_png", "grey16_png", "rgb8_png", "rgb16_png"]
+
+
+def test_grey_and_colour_8_and_16_bit_tiff_png_jpeg(tmp_path, cells, threshold_model):
+    write_inputs(tmp_path, cells)
+    lossless = write_formats(tmp_path / "formats", cells.image)
+    assert run_predict(tmp_path, images=("formats",)) == 0
+    out = tmp_path / "out"
+    reference = tifffile.imread(out / "grey8_tif_labels.tif")
+    assert reference.max() >= 8
+    for stem in lossless:  # the same pixels after the percentile stretch: the same cells
+        np.testing.assert_array_equal(tifffile.imread(out / f"{stem}_labels.tif"), reference, err_msg=stem)
+    for stem in ("grey8_jpg", "rgb8_jpg"):
+        jpeg = tifffile.imread(out / f"{stem}_labels.tif")
+        assert evaluate(reference, jpeg, 0.5)[0].tp >= 0.8 * reference.max(), stem
+    assert len(list(out.glob("*_cells.csv"))) == len(lossless) + 3
+
+
+def test_reference_by_label_id_outlines_that_cell(tmp_path, cells, threshold_model):
+    write_inputs(tmp_path, cells)
+    tifffile.imwrite(tmp_path / "labels.tif", cells.labels.astype(np.uint16))
+    assert run_predict(tmp_path, "--reference-label", "5", mask="labels.tif", images=("images/a.tif",)) == 0
+    overlay = np.asarray(Image.open(tmp_path / "out" / "a_overlay.png"))
+    ys, xs = np.nonzero((overlay == REFERENCE_COLOUR).all(-1))
+    assert len(ys) > 0 and (cells.labels[ys, xs] == 5).all()
+    assert not (tmp_path / "out" / "reference_overlay.png").exists()  # the only image is the reference image
+
+
+def test_folder_that_is_also_out_skips_its_outputs(tmp_path, cells, threshold_model):
+    write_inputs(tmp_path, cells)
+    argv = ["predict", "--checkpoint", "x.pt", "--reference-image", str(tmp_path / "images" / "a.tif"),
+            "--reference-mask", str(tmp_path / "mask.png"), "--out", str(tmp_path / "images"), "--no-progress",
+            "--overwrite", str(tmp_path / "images")]
+    assert main(argv) == 0 and main(argv) == 0
+    assert sorted(p.name for p in (tmp_path / "images").iterdir()) == sorted(
+        ["a.tif", "b.png", "reference_overlay.png"] + [f"{s}{x}" for s in "ab"
+                                                       for x in ("_labels.tif", "_overlay.png", "_cells.csv")])
+
+
+def expect_error(capsys, code: int, *fragments: str) -> None:
+    captured = capsys.readouterr()
+    assert code == 1, captured
+    assert "Traceback" not in captured.err
+    for fragment in fragments:
+        assert fragment in captured.err, (fragment, captured.err)
+
+
+def test_reference_errors_name_the_mask_file(tmp_path, cells, threshold_model, capsys):
+    write_inputs(tmp_path, cells)
+    mask = tmp_path / "mask.png"
+    Image.fromarray(np.zeros((SIZE, SIZE), np.uint8)).save(tmp_path / "empty.png")
+    expect_error(capsys, run_predict(tmp_path, mask="empty.png"), f"{tmp_path / 'empty.png'}: reference_mask is empty")
+    Image.fromarray(np.ones((50, 60), np.uint8)).save(tmp_path / "small.png")
+    expect_error(capsys, run_predict(tmp_path, mask="small.png"), f"{tmp_path / 'small.png'}: size (50, 60) differs",
+                 str(tmp_path / "images" / "a.tif"))
+    tifffile.imwrite(tmp_path / "labels.tif", cells.labels.astype(np.uint16))
+    expect_error(capsys, run_predict(tmp_path, "--reference-label", "999", mask="labels.tif"),
+                 f"{tmp_path / 'labels.tif'}: label 999 is not a cell")
+    expect_error(capsys, run_predict(tmp_path, mask="labels.tif"), f"{tmp_path / 'labels.tif'}: holds",
+                 "--reference-label")
+    expect_error(capsys, run_predict(tmp_path, reference="nothere.png"), "nothere.png")
+    assert mask.is_file() and not (tmp_path / "out").exists()  # nothing written before the inputs were checked
+
+
+def test_image_errors_name_the_file(tmp_path, cells, threshold_model, capsys):
+    write_inputs(tmp_path, cells)
+    expect_error(capsys, run_predict(tmp_path, images=("images", "missing.tif")),
+                 f"{tmp_path / 'missing.tif'}: does not exist")
+    (tmp_path / "empty").mkdir()
+    expect_error(capsys, run_predict(tmp_path, images=("empty",)), "no images found", str(tmp_path / "empty"))
+    (tmp_path / "notes.txt").write_text("x")
+    expect_error(capsys, run_predict(tmp_path, images=("notes.txt",)), "notes.txt: unsupported image suffix")
+    (tmp_path / "images" / "broken.png").write_bytes(b"\x89PNG not really")
+    code = run_predict(tmp_path)
+    expect_error(capsys, code, f"{tmp_path / 'images' / 'broken.png'}: cannot read image")
+    assert (tmp_path / "out" / "b_labels.tif").is_file()  # the other images were still segmented
+
+
+def test_output_collisions(tmp_path, cells, threshold_model, capsys):
+    write_inputs(tmp_path, cells)
+    (tmp_path / "other").mkdir()
+    tifffile.imwrite(tmp_path / "other" / "b.tif", cells.image)
+    expect_error(capsys, run_predict(tmp_path, images=("images", "other")), "would both write", "b.tif", "b.png")
+    tifffile.imwrite(tmp_path / "other" / "Reference.tif", cells.image)
+    expect_error(capsys, run_predict(tmp_path, images=("other/Reference.tif",)), "reference_overlay.png")
+    assert run_predict(tmp_path, images=("images",)) == 0
+    expect_error(capsys, run_predict(tmp_path, images=("images",)), "exists", "--overwrite")
+    assert run_predict(tmp_path, "--overwrite", images=("images",)) == 0
+    (tmp_path / "file").write_text("")
+    code = main(["predict", "--checkpoint", "x.pt", "--reference-image", str(tmp_path / "images" / "a.tif"),
+                 "--reference-mask", str(tmp_path / "mask.png"), "--out", str(tmp_path / "file"),
+                 str(tmp_path / "images")])
+    expect_error(capsys, code, f"--out {tmp_path / 'file'} exists and is not a folder")
+
+
+def test_checkpoint_errors(tmp_path, cells, capsys):
+    write_inputs(tmp_path, cells)
+    expect_error(capsys, run_predict(tmp_path), f"checkpoint {tmp_path / 'ck.pt'} does not exist")
+    path = write_tiny_checkpoint(tmp_path / "ck.pt")
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 0x10
+    path.write_bytes(bytes(data))
+    expect_error(capsys, run_predict(tmp_path), f"checkpoint {path} is corrupt")
+    assert not (tmp_path / "out").exists()
+
+
+def test_cell_table_of_known_cells():
+    labels = np.zeros((10, 12), np.int32)
+    labels[1:3, 2:5] = 1  # 6 pixels, centre (1.5, 3)
+    labels[6, 7] = 2
+    table = cell_table(labels, np.array([0.75, 0.5], np.float32))
+    assert table["id"].tolist() == [1, 2] and table["area"].tolist() == [6, 1]
+    np.testing.assert_allclose(table["centroid_y"], [1.5, 6])
+    np.testing.assert_allclose(table["centroid_x"], [3, 7])
+    np.testing.assert_allclose(table["score"], [0.75, 0.5])
+    assert all(len(column) == 0 for column in cell_table(np.zeros((4, 4), np.int32), np.zeros(0)).values())
+
+
+def test_read_query_image_layouts(tmp_path):
+    tifffile.imwrite(tmp_path / "planar.tif", np.arange(3 * 20 * 30, dtype=np.uint16).reshape(3, 20, 30),
+                     photometric="rgb", planarconfig="separate")
+    assert read_query_image(tmp_path / "planar.tif").shape == (20, 30, 3)
+    tifffile.imwrite(tmp_path / "stack.tif", np.zeros((10, 20, 30), np.uint8))
+    with pytest.raises(ValueError, match=r"stack.tif: image has shape \(10, 20, 30\)"):
+        read_query_image(tmp_path / "stack.tif")
