@@ -1,0 +1,227 @@
+"""`percs eval`: metrics.json, predictions, tables, the wrong-reference control and the "percs" method.
+
+The benchmark is `train_helpers.make_benchmark`'s (synthetic, 112 x 112; its test split has native and pasted
+queries of five types on five images); the methods are `eval_helpers`' oracles, computed from its labels.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from eval_helpers import EmptyMethod, HalfOracleMethod, OracleMethod, register_test_methods
+from percs.cli import main
+from percs.data.format import MANIFEST, load_dataset
+from percs.data.io import read_label_file, sha256
+from percs.evaluate.runner import EvalConfig, EvalError, run_eval, split_queries, true_labels_of
+from percs.evaluate.summary import BootstrapConfig
+from percs.evaluate.table import render_table
+from train_helpers import make_benchmark, tiny_config
+
+FAST = EvalConfig(bootstrap=BootstrapConfig(resamples=200), worst=2, progress=False)
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory) -> Path:
+    return make_benchmark(tmp_path_factory.mktemp("eval"))
+
+
+@pytest.fixture(scope="module")
+def dataset(bench):
+    return load_dataset(bench)
+
+
+def figures(metrics: dict, threshold: str = "0.5", kind: str = "mean", group: dict | None = None) -> dict:
+    """{"ap", "precision", "recall"} -> value at one threshold of overall (or of `group`)."""
+    block = (group or metrics["overall"])["iou"][threshold][kind]
+    return {name: block[name]["value"] for name in ("ap", "precision", "recall")}
+
+
+def test_oracle_scores_one_and_writes_its_predictions(dataset, tmp_path):
+    metrics = run_eval(OracleMethod(dataset), dataset, tmp_path / "out", FAST, method_key="oracle")
+    queries = split_queries(dataset, "test")
+    assert metrics["n_queries"] == len(queries) == len(metrics["queries"])
+    assert metrics["n_images"] == len({q.image for q in queries})
+    assert metrics["method"] == OracleMethod.name and metrics["control"] is None
+    assert metrics["dataset"]["manifest_sha256"] == sha256(dataset.root / MANIFEST)
+    for threshold in ("0.3", "0.5"):
+        for kind in ("mean", "pooled"):
+            assert figures(metrics, threshold, kind) == {"ap": 1.0, "precision": 1.0, "recall": 1.0}
+            assert metrics["overall"]["iou"][threshold][kind]["ap"]["ci"] == [1.0, 1.0]
+        pooled = metrics["overall"]["iou"][threshold]["pooled"]
+        assert pooled["fp"] == pooled["fn"] == 0 and pooled["tp"] == sum(q["n_true"] for q in metrics["queries"])
+    saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert saved == json.loads(json.dumps(metrics))
+    for query, entry in zip(queries, metrics["queries"]):
+        assert (entry["image"], entry["target_type"], entry["origin"]) == (query.image, query.target_type, query.origin)
+        assert (entry["reference_image"], entry["reference_label"]) == (query.reference_image, query.reference_label)
+        predicted = read_label_file(tmp_path / "out" / entry["prediction"])
+        truth = true_labels_of(dataset, query, dataset.read_labels(dataset.record(query.image)))
+        np.testing.assert_array_equal(predicted, truth)
+    assert sorted(p.name for p in (tmp_path / "out" / "worst").glob("*.png")) == ["01-q0000.png", "02-q0001.png"]
+    assert "| oracle (true cells of the reference's type) | 0.5 | 1.000 [1.000, 1.000] |" in \
+        (tmp_path / "out" / "table.md").read_text()
+
+
+def test_empty_method_scores_zero(dataset, tmp_path):
+    metrics = run_eval(EmptyMethod(), dataset, tmp_path / "out", FAST)
+    for threshold in ("0.3", "0.5"):
+        assert figures(metrics, threshold) == {"ap": 0.0, "precision": 0.0, "recall": 0.0}
+        assert figures(metrics, threshold, "pooled")["recall"] == 0.0
+        pooled = metrics["overall"]["iou"][threshold]["pooled"]
+        assert pooled["tp"] == pooled["fp"] == 0 and pooled["fn"] == sum(q["n_true"] for q in metrics["queries"])
+    assert all(q["n_pred"] == 0 for q in metrics["queries"])
+
+
+def test_breakdowns_add_up_to_the_queries(dataset, tmp_path):
+    metrics = run_eval(HalfOracleMethod(dataset), dataset, tmp_path / "out", FAST)
+    queries = split_queries(dataset, "test")
+    assert set(metrics["by_origin"]) == {"native", "pasted"}
+    assert set(metrics["by_type"]) == {q.target_type for q in queries}
+    for key in ("by_type", "by_origin"):
+        assert sum(g["n_queries"] for g in metrics[key].values()) == metrics["n_queries"]
+        for threshold in ("0.3", "0.5"):
+            tp = sum(g["iou"][threshold]["pooled"]["tp"] for g in metrics[key].values())
+            assert tp == metrics["overall"]["iou"][threshold]["pooled"]["tp"]
+    native = [q for q in queries if q.origin == "native"]
+    assert metrics["by_origin"]["native"]["n_queries"] == len(native)
+    assert metrics["by_origin"]["native"]["n_images"] == len({q.image for q in native})
+    # The half oracle keeps odd labels: scores that differ between queries, their mean inside its interval.
+    ap = [q["iou"]["0.5"]["ap"] for q in metrics["queries"]]
+    assert min(ap) < max(ap) < 1
+    estimate = metrics["overall"]["iou"]["0.5"]["mean"]["ap"]
+    assert estimate["value"] == pytest.approx(np.mean(ap))
+    assert estimate["ci"][0] < estimate["value"] < estimate["ci"][1]
+
+
+def test_wrong_reference_control_collapses_the_oracle(dataset, tmp_path):
+    control = EvalConfig(control="wrong-reference", bootstrap=BootstrapConfig(resamples=200), worst=0,
+                         progress=False)
+    normal = run_eval(OracleMethod(dataset), dataset, tmp_path / "normal", FAST)
+    swapped = run_eval(OracleMethod(dataset), dataset, tmp_path / "control", control)
+    assert figures(normal)["ap"] == 1.0
+    assert swapped["control"] == {"name": "wrong-reference", "seed": 0, "skipped_queries": 0}
+    assert swapped["n_queries"] == normal["n_queries"]
+    for threshold in ("0.3", "0.5"):
+        assert figures(swapped, threshold) == {"ap": 0.0, "precision": 0.0, "recall": 0.0}
+    for entry, fixed in zip(swapped["queries"], normal["queries"]):
+        # Same query and target (scored against the original cells), another reference of an absent type.
+        assert (entry["image"], entry["target_type"], entry["n_true"]) == \
+            (fixed["image"], fixed["target_type"], fixed["n_true"])
+        reference_type = dataset.record(entry["reference_image"]).type_of(entry["reference_label"])
+        assert reference_type not in dataset.record(entry["image"]).instance_types
+    again = run_eval(OracleMethod(dataset), dataset, tmp_path / "again", control)
+    assert [q["reference_image"] for q in again["queries"]] == [q["reference_image"] for q in swapped["queries"]]
+    assert "| oracle (true cells of the reference's type) [wrong-reference control] | 0.5 | 0.000" in \
+        (tmp_path / "control" / "table.md").read_text()
+
+
+def test_wrong_reference_prefers_the_targets_modality_group(dataset, tmp_path):
+    # val image granular/1 holds elongated and granular cells: "round" is the only absent fluorescence type.
+    config = EvalConfig(split="val", control="wrong-reference", bootstrap=BootstrapConfig(resamples=10), worst=0,
+                        progress=False)
+    metrics = run_eval(EmptyMethod(), dataset, tmp_path / "out", config)
+    entries = [q for q in metrics["queries"] if q["image"] == "synthetic/granular/1/mix0"]
+    assert len(entries) == 2
+    for entry in entries:
+        assert dataset.record(entry["reference_image"]).type_of(entry["reference_label"]) == "round"
+
+
+def test_method_output_is_checked(dataset, tmp_path):
+    class Transposed(EmptyMethod):
+        name = "transposed"
+
+        def segment(self, image, reference_image, reference_mask):
+            return np.zeros((image.shape[1] + 1, image.shape[0]), np.int32)
+
+    with pytest.raises(EvalError, match="method 'transposed' returned"):
+        run_eval(Transposed(), dataset, tmp_path / "out", FAST)
+
+
+def test_table_merges_runs_like_table_1(dataset, tmp_path):
+    oracle = run_eval(OracleMethod(dataset), dataset, tmp_path / "oracle", FAST)
+    empty = run_eval(EmptyMethod(), dataset, tmp_path / "empty", FAST)
+    val = run_eval(OracleMethod(dataset), dataset, tmp_path / "val", EvalConfig("val", worst=0, progress=False))
+    text = render_table([oracle, empty, val], digits=2)
+    headline = text.split("\n\n")[1].splitlines()
+    assert headline[0] == ("| Method | IoU | bench test AP | bench test P | bench test R | bench val AP | "
+                           "bench val P | bench val R |")
+    assert [line.split(" | ")[:2] for line in headline[2:]] == [
+        ["| " + OracleMethod.name, "0.3"], ["| empty", "0.3"], ["| " + OracleMethod.name, "0.5"], ["| empty", "0.5"]]
+    assert headline[5].endswith("| 0.00 [0.00, 0.00] | - | - | - |")
+    assert "- bench val: " in text
+    with pytest.raises(ValueError, match="two runs of 'empty' on 'bench test'"):
+        render_table([empty, oracle, empty])
+    assert main(["eval-table", str(tmp_path / "oracle"), str(tmp_path / "empty"), str(tmp_path / "val"),
+                 "--digits", "2", "--out", str(tmp_path / "table.md")]) == 0
+    assert (tmp_path / "table.md").read_text() == text
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--method", "nonesuch"], "--method 'nonesuch' is not one of"),
+    (["--method", "percs"], "--checkpoint is required"),
+    (["--method", "oracle", "--split", "train"], "--split: split 'train' of dataset 'bench' has no queries"),
+    (["--method", "oracle", "--data", "{tmp}"], "--data"),
+    (["--method", "oracle", "--out", "{bench}"], "--out"),
+])
+def test_cli_errors_name_the_argument(bench, tmp_path, monkeypatch, capsys, argv, message):
+    register_test_methods(monkeypatch)
+    argv = [a.format(tmp=tmp_path, bench=bench) for a in argv]
+    defaults = {"--data": str(bench), "--out": str(tmp_path / "out")}
+    argv += [item for key, value in defaults.items() if key not in argv for item in (key, value)]
+    assert main(["eval", *argv, "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, err
+    assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_cli_runs_a_registered_method(bench, tmp_path, monkeypatch, capsys):
+    register_test_methods(monkeypatch)
+    argv = ["eval", "--method", "half-oracle", "--data", str(bench), "--out", str(tmp_path / "out"),
+            "--bootstrap", "50", "--worst", "0", "--no-progress"]
+    assert main(argv) == 0
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["method_key"] == "half-oracle" and metrics["bootstrap"]["resamples"] == 50
+    assert "AP@0.5" in capsys.readouterr().out and not (tmp_path / "out" / "worst").exists()
+
+
+def tiny_checkpoint(bench: Path, path: Path) -> Path:
+    """A `percs train`-style checkpoint of a random tiny model (tiny_config: 56-pixel windows)."""
+    from percs.train.checkpoint import save_checkpoint
+    from percs.train.config import config_to_dict
+    from percs.train.setup import build_model
+
+    config = tiny_config(bench)
+    torch.manual_seed(0)
+    save_checkpoint({"model": build_model(config.model).state_dict(), "config": config_to_dict(config)}, path)
+    return path
+
+
+def test_percs_method_end_to_end_through_the_cli(bench, tmp_path):
+    checkpoint = tiny_checkpoint(bench, tmp_path / "tiny.pt")
+    command = [sys.executable, "-m", "percs", "eval", "--method", "percs", "--checkpoint", str(checkpoint),
+               "--data", str(bench), "--split", "test", "--out", str(tmp_path / "out"), "--device", "cpu",
+               "--niter", "20", "--bootstrap", "50", "--worst", "1", "--no-progress"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["method"] == "PerCS-DINO (vits14, random-init backbone, depth 1, width 32)"
+    settings = metrics["method_settings"]
+    assert settings["predictor"]["niter"] == 20 and settings["predictor"]["window"] == 56
+    assert settings["checkpoint_sha256"] == sha256(checkpoint) and settings["device"] == "cpu"
+    assert metrics["n_queries"] == len(split_queries(load_dataset(bench), "test"))
+    for entry in metrics["queries"]:
+        predicted = read_label_file(tmp_path / "out" / entry["prediction"])
+        assert predicted.shape == (112, 112) and predicted.dtype == np.int32
+        assert len(np.unique(predicted[predicted > 0])) == entry["n_pred"]
+    assert len(list((tmp_path / "out" / "worst").glob("*.png"))) == 1
+    assert "PerCS-DINO (vits14, random-init backbone, depth 1, width 32) | 0.3 |" in \
+        (tmp_path / "out" / "table.md").read_text()
