@@ -190,6 +190,9 @@ def test_cli_runs_a_registered_method(bench, tmp_path, monkeypatch, capsys):
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["method_key"] == "half-oracle" and metrics["bootstrap"]["resamples"] == 50
     assert "AP@0.5" in capsys.readouterr().out and not (tmp_path / "out" / "worst").exists()
+    control = ["--control", "wrong-reference", "--out", str(tmp_path / "control")]
+    assert main(argv[:5] + control + argv[7:]) == 0
+    assert "(0 without a wrong reference left out), AP@0.5 0.000" in capsys.readouterr().out
 
 
 def tiny_checkpoint(bench: Path, path: Path) -> Path:

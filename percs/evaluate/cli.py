@@ -32,8 +32,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"percs eval: error: {error}", file=sys.stderr)
         return 1
     at50 = metrics["overall"]["iou"]["0.5"]["mean"]["ap"]
-    print(f"{metrics['method']} on {metrics['dataset']['name']} {metrics['split']}: {metrics['n_queries']} queries, "
-          f"AP@0.5 {at50['value']:.3f} [{at50['ci'][0]:.3f}, {at50['ci'][1]:.3f}]; wrote {args.out}")
+    control = metrics["control"]
+    skipped = f" ({control['skipped_queries']} without a wrong reference left out)" if control else ""
+    print(f"{metrics['method']} on {metrics['dataset']['name']} {metrics['split']}: {metrics['n_queries']} queries"
+          f"{skipped}, AP@0.5 {at50['value']:.3f} [{at50['ci'][0]:.3f}, {at50['ci'][1]:.3f}]; wrote {args.out}")
     return 0
 
 
