@@ -35,6 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     from percs.predict_cli import add_predict_command  # `percs predict`
 
     add_predict_command(sub)
+
+    from percs.demo import add_demo_command  # `percs demo`
+
+    add_demo_command(sub)
     return parser
 
 
