@@ -105,6 +105,7 @@ class Predictor:
     def __init__(self, model: torch.nn.Module, config: PredictorConfig = PredictorConfig()):
         self.model = model
         self.config = config
+        self._features_of: tuple[torch.Tensor, list[torch.Tensor], tuple[int, ...]] | None = None  # see _window_features
 
     @property
     def device(self) -> torch.device:
@@ -139,13 +140,17 @@ class Predictor:
             for left in window_starts(padded.shape[2], window, stride)
         ]
         with self._inference():
+            features = self._window_features(padded, corners)
             total = padded.new_zeros(3, *padded.shape[1:])
             count = padded.new_zeros(1, *padded.shape[1:])
             for first in range(0, len(corners), self.config.batch_size):
                 batch = corners[first : first + self.config.batch_size]
                 windows = torch.stack([padded[:, top : top + window, left : left + window] for top, left in batch])
                 expanded = None if embedding is None else embedding[None].expand(len(batch), -1)
-                output = self.model(windows, expanded)
+                if features is None:
+                    output = self.model(windows, expanded)
+                else:
+                    output = self.model.decode_features(features[first // self.config.batch_size], expanded, windows)
                 stacked = torch.cat((output.flows, output.same_type_logits[:, None]), dim=1).float()
                 for (top, left), values in zip(batch, stacked):
                     total[:, top : top + window, left : left + window] += values
@@ -167,6 +172,29 @@ class Predictor:
         ).to(flows.device)
         probability = torch.sigmoid(logits)
         return Prediction(labels, flows, probability, cell_mean(labels, probability))
+
+    def _window_features(self, padded: torch.Tensor, corners: list[tuple[int, int]]) -> list[torch.Tensor] | None:
+        """The backbone features of every window batch of `padded`, reused while the same image comes back.
+
+        Several queries of one image (one per cell type, or one per reference) differ only in the reference
+        embedding, which enters after the backbone; the backbone's features of the last image are kept and
+        reused when the next image is equal to it (torch.equal, far cheaper than the backbone) and the backbone's
+        parameters have not changed in place since (their version counters, which optimiser steps advance).
+        None for models without a separate backbone (then `model(windows, embedding)` runs whole)."""
+        if not (hasattr(self.model, "backbone") and hasattr(self.model, "decode_features")):
+            return None
+        version = tuple(p._version for p in self.model.backbone.parameters())
+        cached = self._features_of
+        if cached is not None and cached[2] == version and cached[0].shape == padded.shape \
+                and torch.equal(cached[0], padded):
+            return cached[1]
+        window, size = self.config.window, self.config.batch_size
+        features = []
+        for first in range(0, len(corners), size):
+            windows = torch.stack([padded[:, t : t + window, l : l + window] for t, l in corners[first : first + size]])
+            features.append(self.model.backbone(windows).features)
+        self._features_of = (padded, features, version)
+        return features
 
     def _check_embedding(self, reference_embedding: torch.Tensor | None) -> torch.Tensor | None:
         if getattr(self.model, "generic", False):

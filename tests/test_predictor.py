@@ -108,6 +108,30 @@ def test_predict_with_the_real_head_on_an_odd_image():
     assert model.training  # given back in the mode it had
 
 
+def test_backbone_features_are_reused_for_the_same_image_only(monkeypatch):
+    """A second reference on the same image reuses the backbone's window features (and gives what a fresh
+    predictor gives); another image, or a backbone changed in place, recomputes them."""
+    model = tiny_model().eval()
+    calls = []
+    forward = model.backbone.forward
+    monkeypatch.setattr(model.backbone, "forward", lambda x: calls.append(x.shape[0]) or forward(x))
+    predictor = Predictor(model, PredictorConfig(window=56, stride=42, batch_size=4))
+    image = torch.randn(3, 100, 90, generator=torch.Generator().manual_seed(1))
+    first, second = torch.randn(32), torch.randn(32)
+    predictor.fields(image, first)
+    windows = sum(calls)
+    reused = predictor.fields(image, second)
+    assert sum(calls) == windows  # no backbone pass
+    fresh = Predictor(tiny_model().eval(), PredictorConfig(window=56, stride=42, batch_size=4)).fields(image, second)
+    torch.testing.assert_close(reused, fresh)
+    predictor.fields(image + 1, second)
+    assert sum(calls) == 2 * windows
+    with torch.no_grad():
+        next(model.backbone.parameters()).add_(0.1)
+    predictor.fields(image + 1, second)
+    assert sum(calls) == 3 * windows
+
+
 def test_generic_model_needs_no_reference():
     predictor = Predictor(tiny_model(generic=True))
     flows, logits = predictor.fields(torch.randn(3, 30, 40))
