@@ -7,7 +7,10 @@ Everything here is NumPy/SciPy/torch; nothing imports the `baselines` extra.
 from __future__ import annotations
 
 import hashlib
+import pickle
 from collections import OrderedDict
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -68,7 +71,7 @@ def _stamp(suppressed: np.ndarray, y: int, x: int, disk: np.ndarray) -> None:
 
 def mask_ious(masks: np.ndarray) -> np.ndarray:
     """Pairwise IoU of masks (N, H, W) bool: (N, N) float64 (0 where both masks are empty)."""
-    flat = scipy.sparse.csr_matrix(masks.reshape(len(masks), -1), dtype=np.int64)
+    flat = scipy.sparse.csr_matrix(masks.reshape(len(masks), masks[0].size if len(masks) else 0), dtype=np.int64)
     intersection = (flat @ flat.T).toarray().astype(np.float64)
     area = np.diag(intersection)
     union = area[:, None] + area[None, :] - intersection
@@ -146,3 +149,15 @@ class ImageCache:
         while len(self._entries) > self.size:
             self._entries.popitem(last=False)
         return value
+
+
+def read_state_dict(path: Path, option: str, mmap: bool = False) -> Mapping[str, torch.Tensor]:
+    """The mapping stored in file `path` (torch.load with weights_only; mmap for big files); a ValueError
+    naming the option and the file when it cannot be read or holds something else."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as error:
+        raise ValueError(f"{option} {path} could not be read as a torch checkpoint: {error}") from None
+    if not isinstance(state, Mapping):
+        raise ValueError(f"{option} {path} holds a {type(state).__name__}, expected a state dict")
+    return state

@@ -126,9 +126,10 @@ class PerSAM:
         rows, cols = np.nonzero(reference_mask)
         box = (np.ptp(rows) + 1, np.ptp(cols) + 1) if self.config.prompt == "box" else None
         masks, scores = self.decode(query, points, grid_similarity, box)
-        areas = masks.reshape(len(masks), -1).sum(1)
+        flat = masks.reshape(len(masks), similarity.size)
+        areas = flat.sum(1)
         if self.config.score == "similarity":
-            scores = masks.reshape(len(masks), -1) @ similarity.ravel().astype(np.float64) / np.maximum(areas, 1)
+            scores = flat @ similarity.ravel().astype(np.float64) / np.maximum(areas, 1)
         big = areas >= self.config.min_size
         kept = mask_nms(masks[big], scores[big], self.config.nms_iou)
         return labels_from_masks(masks[big][kept], scores[big][kept])

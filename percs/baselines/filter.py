@@ -1,0 +1,230 @@
+"""The "filter" method: a generic segmenter's masks kept when they look like the reference cell.
+
+The paper's Cellpose-SAM baseline: every cell is segmented by a class-agnostic model
+(`percs.baselines.generic`: Cellpose-SAM, or a percs checkpoint trained with `model.head.generic=true`);
+each mask's embedding is DINOv2 features pooled under it, and a mask is kept when the cosine similarity of
+its embedding to the reference cell's is >= a threshold. The threshold is chosen on the benchmark's val split:
+the value of a grid (-1, i.e. keep all, then 0, 0.02, ..., 0.98) with the highest mean AP@0.5 over the val
+queries (IoU > 0.5, the paper's rule), the lowest such value on ties; or given with --filter-threshold.
+
+Embeddings, as percs embeds cells (`percs.model.reference`): the query image's features come from sliding
+224 x 224 windows every 168 pixels on the image zero-padded to a multiple of 14 (as the predictor runs),
+averaged where windows overlap, and each mask is pooled with the fraction of every 14 x 14 patch it covers;
+the reference cell's embedding is the features of the 224 x 224 window centred on it pooled under its mask.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from percs.baselines.common import ImageCache, cosine_similarity
+from percs.evaluate.methods import MethodUnavailable, register_method
+from percs.flows import renumber
+from percs.metrics import evaluate
+from percs.model.backbone import PATCH_SIZE
+from percs.model.reference import embed_reference, label_coverage, pool_features, reference_window
+from percs.predict import as_input_image, padded_size, window_starts
+
+THRESHOLD_GRID = (-1.0,) + tuple(round(0.02 * k, 2) for k in range(50))
+
+
+class MaskEmbedder:
+    """DINOv2 embeddings of masks and of a reference cell (see the module docstring); backbone: a percs
+    `DinoVisionTransformer` (e.g. `percs.model.backbone_weights.load_backbone("vits14", weights)`)."""
+
+    def __init__(self, backbone: torch.nn.Module, window: int = 224, stride: int = 168, batch_size: int = 8):
+        self.backbone, self.window, self.stride, self.batch_size = backbone.eval(), window, stride, batch_size
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.backbone.parameters()).device
+
+    @torch.no_grad()
+    def features(self, image) -> torch.Tensor:
+        """(C, Hp/14, Wp/14) features of a whole image (raw (H, W[, C]) array) over the padded (Hp, Wp) grid."""
+        image = as_input_image(image, self.device)
+        height, width = image.shape[1:]
+        pad = (0, padded_size(width, self.window) - width, 0, padded_size(height, self.window) - height)
+        padded = F.pad(image, pad)
+        corners = [(top, left) for top in window_starts(padded.shape[1], self.window, self.stride)
+                   for left in window_starts(padded.shape[2], self.window, self.stride)]
+        grid = (padded.shape[1] // PATCH_SIZE, padded.shape[2] // PATCH_SIZE)
+        total = count = None
+        for first in range(0, len(corners), self.batch_size):
+            batch = corners[first : first + self.batch_size]
+            size = self.window
+            windows = torch.stack([padded[:, top : top + size, left : left + size] for top, left in batch])
+            for (top, left), values in zip(batch, self.backbone(windows).features.float()):
+                if total is None:
+                    total, count = values.new_zeros(values.shape[0], *grid), values.new_zeros(1, *grid)
+                rows = slice(top // PATCH_SIZE, top // PATCH_SIZE + values.shape[1])
+                cols = slice(left // PATCH_SIZE, left // PATCH_SIZE + values.shape[2])
+                total[:, rows, cols] += values
+                count[:, rows, cols] += 1
+        return total / count
+
+    def embed_masks(self, image, labels: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
+        """(cells (N,) int64, the labels present ascending; embeddings (N, C) float32) of labels (H, W)."""
+        features = self.features(image)
+        rows, cols = (PATCH_SIZE * side for side in features.shape[1:])
+        padded = np.zeros((rows, cols), np.int64)
+        padded[: labels.shape[0], : labels.shape[1]] = labels
+        cells, coverage = label_coverage(torch.from_numpy(padded).to(self.device))
+        if len(cells) == 0:
+            return np.zeros(0, np.int64), features.new_zeros(0, features.shape[0])
+        return cells.cpu().numpy(), pool_features(features[None], coverage[None])[0]
+
+    @torch.no_grad()
+    def embed_reference(self, reference_image, reference_mask: np.ndarray) -> torch.Tensor:
+        """(C,) embedding of the reference cell (reference_mask (H, W) bool in reference_image)."""
+        image = as_input_image(reference_image, self.device)
+        mask = torch.as_tensor(np.asarray(reference_mask) != 0, device=self.device)
+        if tuple(mask.shape) != tuple(image.shape[1:]):
+            raise ValueError(f"reference_mask has shape {tuple(mask.shape)}, expected {tuple(image.shape[1:])}")
+        window, window_mask = reference_window(image, mask, self.window)
+        return embed_reference(self.backbone(window[None]).features.float(), window_mask[None])[0]
+
+
+def keep_similar(labels: np.ndarray, cells: np.ndarray, similarity: np.ndarray, threshold: float) -> np.ndarray:
+    """labels (H, W) with only the cells (N,) whose similarity (N,) is >= threshold: int32, renumbered 1..M in
+    raster order."""
+    lookup = np.zeros(int(labels.max(initial=0)) + 1, np.int32)
+    kept = cells[np.asarray(similarity) >= threshold]
+    lookup[kept] = kept
+    return renumber(lookup[labels])
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """One query's generic masks: labels (H, W) int32, cells (N,) and their similarity (N,) to the reference."""
+
+    labels: np.ndarray
+    cells: np.ndarray
+    similarity: np.ndarray
+
+
+def choose_threshold(candidates: list[Candidates], truths: list[np.ndarray],
+                     grid=THRESHOLD_GRID) -> tuple[float, dict[float, float]]:
+    """(threshold, {grid value: mean AP@0.5}): the grid value whose kept masks score the highest mean AP at
+    IoU > 0.5 over the queries (lowest value on ties); truths: each query's true labels of the target type."""
+    if not candidates or len(candidates) != len(truths):
+        raise ValueError(f"need one truth per query and at least one query, got {len(candidates)} and {len(truths)}")
+    scores = {}
+    for threshold in grid:
+        predictions = [keep_similar(c.labels, c.cells, c.similarity, threshold) for c in candidates]
+        scores[float(threshold)] = float(evaluate(truths, predictions, 0.5)[0].image_mean.ap)
+    best = max(scores.values())
+    return min(t for t, ap in scores.items() if ap == best), scores
+
+
+class SimilarityFilter:
+    """The method: `segment(image, reference_image, reference_mask)` -> (H, W) int32 (see the module docstring).
+
+    source: generic masks, `source(image) -> labels` with a `name`; embedder: a MaskEmbedder; backbone_name:
+    for the method's name. Per-image masks and embeddings are cached (queries come image by image).
+    """
+
+    def __init__(self, source, embedder: MaskEmbedder, threshold: float, backbone_name: str = "vits14"):
+        self.source, self.embedder, self.threshold, self.backbone_name = source, embedder, threshold, backbone_name
+        self.masks = ImageCache(self._masks)
+        self.settings: dict = {}
+        self.tuning = ""
+
+    @property
+    def name(self) -> str:
+        return (f"filter ({self.source.name} masks + DINOv2 {self.backbone_name} similarity, "
+                f"threshold {self.threshold:g}{self.tuning})")
+
+    def _masks(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+        labels = self.source(image)
+        return (labels, *self.embedder.embed_masks(image, labels))
+
+    def candidates(self, image, reference_image, reference_mask) -> Candidates:
+        """The query's generic masks and their similarity to the reference cell."""
+        labels, cells, embeddings = self.masks(image)
+        reference = self.embedder.embed_reference(reference_image, reference_mask)
+        return Candidates(labels, cells, cosine_similarity(embeddings, reference).cpu().numpy())
+
+    def segment(self, image: np.ndarray, reference_image: np.ndarray, reference_mask: np.ndarray) -> np.ndarray:
+        found = self.candidates(image, reference_image, reference_mask)
+        return keep_similar(found.labels, found.cells, found.similarity, self.threshold)
+
+    def tune(self, dataset, split: str = "val", max_queries: int = 0) -> dict[float, float]:
+        """Sets the threshold to the best of THRESHOLD_GRID on the queries of `split` (the first max_queries;
+        0: all); returns every grid value's mean AP@0.5."""
+        queries = [q for q in dataset.queries if dataset.record(q.image).split == split]
+        queries = queries[:max_queries] if max_queries else queries
+        if not queries:
+            raise ValueError(f"split {split!r} of dataset {dataset.name!r} has no queries to choose the threshold on")
+        found, truths = [], []
+        for query in queries:
+            record, reference = dataset.record(query.image), dataset.record(query.reference_image)
+            labels = dataset.read_labels(record)
+            truths.append(np.where(np.isin(labels, record.labels_of_type(query.target_type)), labels, 0))
+            reference_mask = dataset.read_labels(reference) == query.reference_label
+            found.append(self.candidates(dataset.read_image(record), dataset.read_image(reference), reference_mask))
+        self.threshold, scores = choose_threshold(found, truths)
+        self.tuning = f" on {split}" + (f", {len(queries)} queries" if max_queries else "")
+        return scores
+
+
+def add_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--generic-checkpoint", metavar="FILE",
+                       help="generic masks from a percs train checkpoint trained with model.head.generic=true")
+    group.add_argument("--cellpose-model", metavar="FILE",
+                       help="generic masks from a Cellpose 4 model file (Cellpose-SAM's cpsam); needs cellpose")
+    group.add_argument("--filter-backbone", default="vits14", help="DINOv2 variant of the embeddings (default vits14)")
+    group.add_argument("--filter-backbone-weights", metavar="FILE",
+                       help="its state dict, e.g. ../shared/weights/dinov2_vits14_pretrain.pth (default: the "
+                            "official checkpoint from torch's download cache)")
+    group.add_argument("--filter-threshold", type=float,
+                       help="keep masks with cosine similarity >= this (default: chosen on the val split)")
+    group.add_argument("--filter-val-queries", type=int, default=0, metavar="N",
+                       help="choose the threshold on the first N val queries (default 0: all)")
+
+
+@register_method("filter", "a generic segmenter's masks (--generic-checkpoint or --cellpose-model) kept by DINOv2 "
+                 "similarity to the reference, threshold chosen on val", add_arguments)
+def build_filter(args: argparse.Namespace, dataset=None) -> SimilarityFilter:
+    """The filter method on `args.device`; its threshold chosen on `dataset`'s val split unless given."""
+    from percs.api import resolve_device
+    from percs.baselines.generic import CellposeMasks, PercsGenericMasks
+
+    if bool(args.generic_checkpoint) == bool(args.cellpose_model):
+        raise ValueError("--method filter needs exactly one of --generic-checkpoint (a generic percs model) "
+                         "and --cellpose-model (a Cellpose-SAM model file)")
+    if args.filter_threshold is None and dataset is None:
+        raise ValueError("--filter-threshold is required without a dataset to choose it on")
+    device = resolve_device(getattr(args, "device", "auto"))
+    if args.generic_checkpoint:
+        source = PercsGenericMasks(args.generic_checkpoint, device)
+    else:
+        source = CellposeMasks(args.cellpose_model, device)
+    backbone = _backbone(args.filter_backbone, args.filter_backbone_weights).to(device)
+    method = SimilarityFilter(source, MaskEmbedder(backbone), args.filter_threshold or 0.0, args.filter_backbone)
+    method.settings = {"masks": source.name, "generic_checkpoint": args.generic_checkpoint,
+                       "cellpose_model": args.cellpose_model, "backbone": args.filter_backbone,
+                       "backbone_weights": args.filter_backbone_weights or "official", "device": str(device)}
+    if args.filter_threshold is None:
+        scores = method.tune(dataset, "val", args.filter_val_queries)
+        method.settings.update(val_queries=args.filter_val_queries or "all", val_mean_ap50_by_threshold=scores)
+    method.settings["threshold"] = method.threshold
+    return method
+
+
+def _backbone(name: str, weights: str | None):
+    """The DINOv2 backbone, with MethodUnavailable for a missing weights file or a failed download."""
+    from percs.model.backbone_weights import load_backbone
+
+    if weights and not Path(weights).is_file():
+        raise MethodUnavailable(f"--filter-backbone-weights {weights} does not exist (or is not a file)")
+    try:
+        return load_backbone(name, weights or None)
+    except RuntimeError as error:
+        raise MethodUnavailable(f"--filter-backbone-weights: {error}") from None
