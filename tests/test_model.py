@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from conftest import weights_file
 from model_helpers import tiny_model
 
+from percs.model.fusion import ReferenceFusion
 from percs.model.percs_dino import HeadConfig, ModelConfig, PerCSDino, build_percs_dino
 from percs.model.reference import (
     embed_reference,
@@ -116,6 +117,20 @@ def test_the_detail_branch_sees_single_pixels_of_the_query_window():
         assert bool((a - b).abs().amax() > 1e-6) is expected
     with pytest.raises(ValueError, match="images has shape None"):
         tiny_model(detail_channels=3).decode_features(features, embedding)
+
+
+def test_similarity_scale_multiplies_the_similarity_input():
+    """Scale k on the similarity equals scale 1 with the projection's similarity column multiplied by k."""
+    features, embedding = torch.randn(2, 32, 3, 4), torch.randn(2, 32)
+    torch.manual_seed(3)
+    plain = ReferenceFusion(32, 16, 1, 2).eval()
+    scaled = ReferenceFusion(32, 16, 1, 2, similarity_scale=3.0).eval()
+    scaled.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        plain.project.weight[:, -1] *= 3.0
+        torch.testing.assert_close(scaled(features, embedding), plain(features, embedding))
+    with pytest.raises(ValueError, match="head.similarity_scale"):
+        HeadConfig(similarity_scale=0.0)
 
 
 def test_the_reference_token_takes_part_in_attention():

@@ -36,7 +36,8 @@ class HeadConfig:
     generic: the "filter" baseline's class-agnostic mode: the reference is ignored and channel 3 is trained
     as "pixel belongs to any cell" (the trainer builds that target); same parameters, no extra architecture.
     detail_channels: width of the decoder's full-resolution detail branch on the input image (not in the
-    paper; 0 = the paper's decoder; see `FlowDecoder`).
+    paper; 0 = the paper's decoder; see `FlowDecoder`). similarity_scale: gain on the cosine-similarity
+    channel (1 = the paper's; see `ReferenceFusion` for why a larger one learns faster).
     """
 
     dim: int = 256
@@ -46,6 +47,7 @@ class HeadConfig:
     decoder_strides: tuple[int, ...] = (2, 7)
     generic: bool = False
     detail_channels: int = 0
+    similarity_scale: float = 1.0
 
     def __post_init__(self) -> None:
         for key in ("dim", "depth", "num_heads"):
@@ -55,6 +57,8 @@ class HeadConfig:
         if isinstance(self.detail_channels, bool) or not isinstance(self.detail_channels, int) \
                 or self.detail_channels < 0:
             raise ValueError(f"head.detail_channels must be an integer >= 0, got {self.detail_channels!r}")
+        if not self.similarity_scale > 0:
+            raise ValueError(f"head.similarity_scale must be > 0, got {self.similarity_scale!r}")
         if self.dim % self.num_heads:
             raise ValueError(f"head.num_heads {self.num_heads} does not divide head.dim {self.dim}")
         object.__setattr__(self, "decoder_channels", tuple(self.decoder_channels))
@@ -93,7 +97,8 @@ class PerCSDino(nn.Module):
         super().__init__()
         self.head_config = head
         self.backbone = backbone
-        self.fusion = ReferenceFusion(backbone.spec.embed_dim, head.dim, head.depth, head.num_heads, head.generic)
+        self.fusion = ReferenceFusion(backbone.spec.embed_dim, head.dim, head.depth, head.num_heads, head.generic,
+                                      head.similarity_scale)
         self.decoder = FlowDecoder(head.dim, head.decoder_channels, head.decoder_strides,
                                    head.detail_channels)
 
