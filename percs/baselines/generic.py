@@ -61,7 +61,10 @@ class CellposeMasks:
         except ImportError:
             raise MethodUnavailable(f"--cellpose-model needs the cellpose package: {INSTALL_HINT}") from None
         device = torch.device(device)
-        self.model = CellposeModel(gpu=device.type == "cuda", pretrained_model=str(path), device=device)
+        try:
+            self.model = CellposeModel(gpu=device.type == "cuda", pretrained_model=str(path), device=device)
+        except (RuntimeError, ValueError, KeyError) as error:
+            raise ValueError(f"--cellpose-model {path} could not be loaded by Cellpose: {error}") from None
         missing = sorted(set(self.model.net.state_dict()) - {key.removeprefix("module.") for key in state})
         if missing:
             raise ValueError(f"--cellpose-model {path} does not fit Cellpose's {self.model.backbone} network: "
