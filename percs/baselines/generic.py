@@ -40,12 +40,19 @@ class PercsGenericMasks:
             raise ValueError(f"--generic-checkpoint {path} is a personalized model (model.head.generic=false); "
                              "the filter baseline needs one trained with --set model.head.generic=true")
         self.predictor = Predictor(model, config.predict)
-        details = [config.model.backbone] + ([] if config.model.backbone_weights else ["random-init backbone"])
-        self.name = f"percs generic {', '.join(details)}"
+        self.name = f"percs generic {_describe(config.model)}"
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """(H, W) int32 labels of every cell in image (H, W) or (H, W, C)."""
         return self.predictor.predict(image).labels.cpu().numpy().astype(np.int32, copy=False)
+
+
+def _describe(model) -> str:
+    """"vits14", with what differs from a full pretrained backbone: "vits14, random-init backbone, depth 1"."""
+    details = [model.backbone] + ([] if model.backbone_weights else ["random-init backbone"])
+    details += [f"{key} {value}" for key, value in (("depth", model.backbone_depth),
+                                                      ("width", model.backbone_embed_dim)) if value]
+    return ", ".join(details)
 
 
 class CellposeMasks:
