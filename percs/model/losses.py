@@ -18,20 +18,31 @@ from percs.model.percs_dino import PerCSOutput
 from percs.model.reference import label_coverage, pool_features
 
 
+CONTRASTIVE_SOURCES = ("fused", "backbone")
+
+
 @dataclass(frozen=True)
 class LossConfig:
     """Weights of the three terms, the contrastive temperature (0.1, the paper's) and the weight of positive
     pixels in the same-type BCE (1 = the paper's plain BCE). The reference's type often covers a few percent of a
     crop (a pasted type with one or two cells), so plain BCE can settle on "no" everywhere; a larger
-    `same_type_pos_weight` counters that imbalance."""
+    `same_type_pos_weight` counters that imbalance.
+
+    contrastive_on: the features pooled per cell by the contrastive loss: "fused" (the paper's: after the
+    reference-guided transformer) or "backbone" (the backbone's own features, which the reference similarity is
+    computed on: a backbone trained from scratch then learns type-discriminative features directly, instead of
+    through the fusion; with a frozen backbone it has nothing to train)."""
 
     flow_weight: float = 1.0
     same_type_weight: float = 1.0
     contrastive_weight: float = 1.0
     temperature: float = 0.1
     same_type_pos_weight: float = 1.0
+    contrastive_on: str = "fused"
 
     def __post_init__(self) -> None:
+        if self.contrastive_on not in CONTRASTIVE_SOURCES:
+            raise ValueError(f"loss.contrastive_on must be one of {CONTRASTIVE_SOURCES}, got {self.contrastive_on!r}")
         for key in ("flow_weight", "same_type_weight", "contrastive_weight", "same_type_pos_weight"):
             if not getattr(self, key) >= 0:
                 raise ValueError(f"loss.{key} must be >= 0, got {getattr(self, key)!r}")
@@ -158,7 +169,10 @@ def percs_loss(
     """
     flow = flow_loss(output.flows, unit_flows)
     same = same_type_loss(output.same_type_logits, same_type, config.same_type_pos_weight)
-    embeddings, types = cell_embeddings(output.fused, labels, instance_types)
+    pooled = output.fused if config.contrastive_on == "fused" else output.features
+    if pooled is None:
+        raise ValueError("loss.contrastive_on is 'backbone', but the output carries no backbone features")
+    embeddings, types = cell_embeddings(pooled, labels, instance_types)
     contrastive, n_anchors = supervised_contrastive_loss(embeddings, types, config.temperature)
     total = config.flow_weight * flow + config.same_type_weight * same + config.contrastive_weight * contrastive
     return LossTerms(total, flow, same, contrastive, n_cells=len(types), n_anchors=n_anchors)

@@ -83,11 +83,13 @@ class PerCSOutput:
     flows: (B, 2, H, W) dy, dx in FLOW_SCALE x unit-flow units, for every cell whatever its type.
     same_type_logits: (B, H, W) logit of "this pixel belongs to a cell of the reference's type" (generic: any cell).
     fused: (B, dim, H/14, W/14) the fusion transformer's output, pooled per cell by the contrastive loss.
+    features: (B, C, H/14, W/14) the backbone's features the head ran on (None where not kept).
     """
 
     flows: torch.Tensor
     same_type_logits: torch.Tensor
     fused: torch.Tensor
+    features: torch.Tensor | None = None
 
 
 class PerCSDino(nn.Module):
@@ -122,7 +124,7 @@ class PerCSDino(nn.Module):
         (B, 3, 14 h, 14 w), the query windows, are needed when the decoder has a detail branch."""
         fused = self.fusion(features, reference_embedding)
         output = self.decoder(fused, images)
-        return PerCSOutput(flows=output[:, :2], same_type_logits=output[:, 2], fused=fused)
+        return PerCSOutput(flows=output[:, :2], same_type_logits=output[:, 2], fused=fused, features=features)
 
 
 def build_percs_dino(

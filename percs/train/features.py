@@ -55,7 +55,7 @@ def head_batch(batch: Batch, generic: bool) -> HeadBatch:
 class TrainStep(nn.Module):
     """The model's training forward pass as one module (so DistributedDataParallel wraps all of it).
 
-    forward(batch) -> (flows, same_type_logits, fused), the fields of `PerCSOutput`. Cached features skip the
+    forward(batch) -> (flows, same_type_logits, fused, features), the fields of `PerCSOutput`. Cached features skip the
     backbone; otherwise the reference window goes through the backbone too (without gradients when frozen).
     """
 
@@ -64,12 +64,12 @@ class TrainStep(nn.Module):
         self.model = model
         self.frozen_backbone = frozen_backbone
 
-    def forward(self, batch: HeadBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, batch: HeadBatch) -> tuple[torch.Tensor, ...]:
         model = self.model
         if batch.features is not None:
             output = model.decode_features(batch.features, None if model.generic else batch.reference_embedding,
                                            batch.images)
-            return output.flows, output.same_type_logits, output.fused
+            return output.flows, output.same_type_logits, output.fused, output.features
         embedding = None
         if not model.generic:
             with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen_backbone):
@@ -77,10 +77,10 @@ class TrainStep(nn.Module):
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen_backbone):
             features = model.backbone(batch.images).features
         output = model.decode_features(features, embedding, batch.images)
-        return output.flows, output.same_type_logits, output.fused
+        return output.flows, output.same_type_logits, output.fused, output.features
 
 
-def as_output(fields: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> PerCSOutput:
+def as_output(fields: tuple[torch.Tensor, ...]) -> PerCSOutput:
     return PerCSOutput(*fields)
 
 
