@@ -150,3 +150,22 @@ def test_same_type_pos_weight_weights_positive_pixels():
     torch.testing.assert_close(same_type_loss(logits, target), same_type_loss(logits, target, 1.0))
     with pytest.raises(ValueError, match="same_type_pos_weight"):
         LossConfig(same_type_pos_weight=-1.0)
+
+
+def test_contrastive_on_backbone_pools_the_backbone_features():
+    model = tiny_model()
+    images = torch.randn(1, 3, 42, 56)
+    labels = torch.zeros(1, 42, 56, dtype=torch.int64)
+    labels[0, 3:15, 3:15], labels[0, 20:35, 30:50], labels[0, 30:40, 2:12] = 1, 2, 3
+    types = [torch.tensor([0, 1, 0])]
+    output = model(images, model.embed_reference(images, labels == 1))
+    assert output.features.shape == (1, 32, 3, 4)
+    terms = percs_loss(output, masks_to_flows(labels), labels == 1, labels, types, LossConfig(contrastive_on="backbone"))
+    expected, _ = supervised_contrastive_loss(*cell_embeddings(output.features, labels, types), 0.1)
+    torch.testing.assert_close(terms.contrastive, expected)
+    fused = percs_loss(output, masks_to_flows(labels), labels == 1, labels, types)
+    assert not torch.allclose(fused.contrastive, expected)
+    terms.total.backward()
+    assert model.backbone.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="loss.contrastive_on"):
+        LossConfig(contrastive_on="reference")
