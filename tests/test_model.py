@@ -133,6 +133,25 @@ def test_similarity_scale_multiplies_the_similarity_input():
         HeadConfig(similarity_scale=0.0)
 
 
+def test_similarity_logit_adds_the_upsampled_affine_similarity():
+    torch.manual_seed(0)
+    backbone = tiny_model().backbone
+    plain = PerCSDino(backbone, HeadConfig(dim=32, depth=2, num_heads=4, decoder_channels=(16, 8))).eval()
+    prior = PerCSDino(backbone, HeadConfig(dim=32, depth=2, num_heads=4, decoder_channels=(16, 8),
+                                           similarity_logit=True)).eval()
+    prior.load_state_dict(plain.state_dict() | {"similarity_gain": torch.tensor(4.0),
+                                                "similarity_bias": torch.tensor(0.2)})
+    images, embedding = torch.randn(1, 3, 28, 42), torch.randn(1, 32)
+    with torch.no_grad():
+        a, b = plain(images, embedding), prior(images, embedding)
+        cosine = F.cosine_similarity(backbone(images).features, embedding[:, :, None, None], dim=1)
+    torch.testing.assert_close(b.flows, a.flows)
+    difference = (b.same_type_logits - a.same_type_logits) / 4.0 + 0.2
+    upsampled = F.interpolate(cosine[:, None], size=(28, 42), mode="bilinear", align_corners=False)[:, 0]
+    torch.testing.assert_close(difference, upsampled, atol=1e-5, rtol=1e-5)
+    assert float(difference.min()) >= float(cosine.min()) - 1e-5 and float(difference.max()) <= float(cosine.max()) + 1e-5
+
+
 def test_the_reference_token_takes_part_in_attention():
     """Changing only the reference token (through its marker) changes the query tokens: they attend to it."""
     model = tiny_model().eval()

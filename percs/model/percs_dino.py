@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from percs.model.backbone import DinoVisionTransformer, backbone_spec, build_backbone
@@ -38,6 +39,11 @@ class HeadConfig:
     detail_channels: width of the decoder's full-resolution detail branch on the input image (not in the
     paper; 0 = the paper's decoder; see `FlowDecoder`). similarity_scale: gain on the cosine-similarity
     channel (1 = the paper's; see `ReferenceFusion` for why a larger one learns faster).
+    similarity_logit: also add a learned affine map of the cosine similarity, a * (s - b), upsampled
+    bilinearly to full resolution, to the same-type logit (not in the paper; False = the paper's head). The
+    decision then depends on the reference from the first step, as PerSAM's similarity prior does, instead of
+    waiting for the transformer to learn to route the similarity through; and the BCE's gradient reaches the
+    backbone's features through the cosine, which trains a backbone learned from scratch to tell types apart.
     """
 
     dim: int = 256
@@ -48,6 +54,7 @@ class HeadConfig:
     generic: bool = False
     detail_channels: int = 0
     similarity_scale: float = 1.0
+    similarity_logit: bool = False
 
     def __post_init__(self) -> None:
         for key in ("dim", "depth", "num_heads"):
@@ -103,6 +110,10 @@ class PerCSDino(nn.Module):
                                       head.similarity_scale)
         self.decoder = FlowDecoder(head.dim, head.decoder_channels, head.decoder_strides,
                                    head.detail_channels)
+        if head.similarity_logit and not head.generic:
+            # a = 10, b = 0.5 at the start: a cosine 0.1 above b adds one unit of logit.
+            self.similarity_gain = nn.Parameter(torch.tensor(10.0))
+            self.similarity_bias = nn.Parameter(torch.tensor(0.5))
 
     @property
     def generic(self) -> bool:
@@ -124,7 +135,12 @@ class PerCSDino(nn.Module):
         (B, 3, 14 h, 14 w), the query windows, are needed when the decoder has a detail branch."""
         fused = self.fusion(features, reference_embedding)
         output = self.decoder(fused, images)
-        return PerCSOutput(flows=output[:, :2], same_type_logits=output[:, 2], fused=fused, features=features)
+        logits = output[:, 2]
+        if hasattr(self, "similarity_gain"):
+            similarity = F.cosine_similarity(features, reference_embedding[:, :, None, None], dim=1)[:, None]
+            prior = F.interpolate(similarity, size=logits.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+            logits = logits + self.similarity_gain * (prior - self.similarity_bias)
+        return PerCSOutput(flows=output[:, :2], same_type_logits=logits, fused=fused, features=features)
 
 
 def build_percs_dino(
