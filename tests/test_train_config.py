@@ -103,3 +103,14 @@ def test_cli_rejects_a_bad_override(tmp_path, capsys):
     assert main(["train", "--config", str(path), "--set", "optim.momentum=0.9", "--out", str(tmp_path / "r")]) == 1
     assert "unknown key optim.'momentum'" in capsys.readouterr().err
     assert main(["train", "--out", str(tmp_path / "r")]) == 1
+
+
+def test_cli_reports_a_missing_weights_file_without_a_traceback(tmp_path, capsys):
+    """A missing backbone file is an error message naming it, not a traceback."""
+    from train_helpers import make_benchmark
+
+    bench = make_benchmark(tmp_path / "b")
+    missing = tmp_path / "nowhere" / "dinov2_vits14_pretrain.pth"
+    assert main(["train", "--set", f"data.dataset={bench}", "--set", "model.backbone=vits14",
+                 "--set", f"model.backbone_weights={missing}", "--out", str(tmp_path / "r")]) == 1
+    assert f"weights file {missing} does not exist" in capsys.readouterr().err

@@ -16,7 +16,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         elif config is None:
             raise ConfigError("--config is required (or --resume to continue the run in --out)")
         result = train(config, args.out, resume=args.resume)
-    except (ConfigError, CheckpointError, NonFiniteLossError, ValueError) as error:
+    except (ConfigError, CheckpointError, NonFiniteLossError, ValueError, OSError) as error:
         print(f"percs train: error: {error}", file=sys.stderr)
         return 1
     ap = result.last_validation["ap50"] if result.last_validation else None
