@@ -75,6 +75,23 @@ def window_starts(size: int, window: int, stride: int) -> list[int]:
     return starts
 
 
+def sliding_windows(image: torch.Tensor, window: int, stride: int) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """(padded, corners): a (C, H, W) image zero-padded at the bottom and right to `padded_size` on both sides,
+    and the (top, left) corners of its windows in raster order (`window_starts` along each axis)."""
+    height, width = image.shape[1:]
+    padded = F.pad(image, (0, padded_size(width, window) - width, 0, padded_size(height, window) - height))
+    corners = [(top, left) for top in window_starts(padded.shape[1], window, stride)
+               for left in window_starts(padded.shape[2], window, stride)]
+    return padded, corners
+
+
+def window_batches(padded: torch.Tensor, corners: list[tuple[int, int]], window: int, batch_size: int):
+    """Yields (corners of the batch, windows (B, C, window, window)) for consecutive runs of batch_size corners."""
+    for first in range(0, len(corners), batch_size):
+        batch = corners[first : first + batch_size]
+        yield batch, torch.stack([padded[:, top : top + window, left : left + window] for top, left in batch])
+
+
 def as_input_image(image, device: torch.device) -> torch.Tensor:
     """(3, H, W) float32 on `device`. Tensors are taken as already normalised (3, H, W); NumPy arrays as raw
     (H, W) or (H, W, C) images, normalised by `percs.data.normalize.normalize_image`."""
@@ -132,25 +149,18 @@ class Predictor:
         image = as_input_image(image, self.device)
         embedding = self._check_embedding(reference_embedding)
         height, width = image.shape[1:]
-        window, stride = self.config.window, self.config.stride
-        padded = F.pad(image, (0, padded_size(width, window) - width, 0, padded_size(height, window) - height))
-        corners = [
-            (top, left)
-            for top in window_starts(padded.shape[1], window, stride)
-            for left in window_starts(padded.shape[2], window, stride)
-        ]
+        window = self.config.window
+        padded, corners = sliding_windows(image, window, self.config.stride)
         with self._inference():
             features = self._window_features(padded, corners)
             total = padded.new_zeros(3, *padded.shape[1:])
             count = padded.new_zeros(1, *padded.shape[1:])
-            for first in range(0, len(corners), self.config.batch_size):
-                batch = corners[first : first + self.config.batch_size]
-                windows = torch.stack([padded[:, top : top + window, left : left + window] for top, left in batch])
+            for index, (batch, windows) in enumerate(window_batches(padded, corners, window, self.config.batch_size)):
                 expanded = None if embedding is None else embedding[None].expand(len(batch), -1)
                 if features is None:
                     output = self.model(windows, expanded)
                 else:
-                    output = self.model.decode_features(features[first // self.config.batch_size], expanded, windows)
+                    output = self.model.decode_features(features[index], expanded, windows)
                 stacked = torch.cat((output.flows, output.same_type_logits[:, None]), dim=1).float()
                 for (top, left), values in zip(batch, stacked):
                     total[:, top : top + window, left : left + window] += values
@@ -188,11 +198,8 @@ class Predictor:
         if cached is not None and cached[2] == version and cached[0].shape == padded.shape \
                 and torch.equal(cached[0], padded):
             return cached[1]
-        window, size = self.config.window, self.config.batch_size
-        features = []
-        for first in range(0, len(corners), size):
-            windows = torch.stack([padded[:, t : t + window, l : l + window] for t, l in corners[first : first + size]])
-            features.append(self.model.backbone(windows).features)
+        batches = window_batches(padded, corners, self.config.window, self.config.batch_size)
+        features = [self.model.backbone(windows).features for _, windows in batches]
         self._features_of = (padded, features, version)
         return features
 

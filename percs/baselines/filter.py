@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from percs.baselines.common import ImageCache, cosine_similarity
 from percs.evaluate.methods import MethodUnavailable, register_method
@@ -29,7 +28,7 @@ from percs.flows import renumber
 from percs.metrics import evaluate
 from percs.model.backbone import PATCH_SIZE
 from percs.model.reference import embed_reference, label_coverage, pool_features, reference_window
-from percs.predict import as_input_image, padded_size, window_starts
+from percs.predict import as_input_image, sliding_windows, window_batches
 
 THRESHOLD_GRID = (-1.0,) + tuple(round(0.02 * k, 2) for k in range(50))
 
@@ -49,17 +48,10 @@ class MaskEmbedder:
     def features(self, image) -> torch.Tensor:
         """(C, Hp/14, Wp/14) features of a whole image (raw (H, W[, C]) array) over the padded (Hp, Wp) grid."""
         image = as_input_image(image, self.device)
-        height, width = image.shape[1:]
-        pad = (0, padded_size(width, self.window) - width, 0, padded_size(height, self.window) - height)
-        padded = F.pad(image, pad)
-        corners = [(top, left) for top in window_starts(padded.shape[1], self.window, self.stride)
-                   for left in window_starts(padded.shape[2], self.window, self.stride)]
+        padded, corners = sliding_windows(image, self.window, self.stride)
         grid = (padded.shape[1] // PATCH_SIZE, padded.shape[2] // PATCH_SIZE)
         total = count = None
-        for first in range(0, len(corners), self.batch_size):
-            batch = corners[first : first + self.batch_size]
-            size = self.window
-            windows = torch.stack([padded[:, top : top + size, left : left + size] for top, left in batch])
+        for batch, windows in window_batches(padded, corners, self.window, self.batch_size):
             for (top, left), values in zip(batch, self.backbone(windows).features.float()):
                 if total is None:
                     total, count = values.new_zeros(values.shape[0], *grid), values.new_zeros(1, *grid)
