@@ -164,6 +164,26 @@ def test_table_merges_runs_like_table_1(dataset, tmp_path):
     assert (tmp_path / "table.md").read_text() == text
 
 
+def test_every_kth_query_is_a_marked_subset(dataset, tmp_path, capsys, monkeypatch):
+    queries = split_queries(dataset, "test")
+    every = EvalConfig(bootstrap=BootstrapConfig(resamples=50), worst=0, progress=False, every=2)
+    metrics = run_eval(OracleMethod(dataset), dataset, tmp_path / "half", every)
+    ran = [(q["image"], q["target_type"], q["reference_image"], q["reference_label"]) for q in metrics["queries"]]
+    assert ran == [(q.image, q.target_type, q.reference_image, q.reference_label) for q in queries[::2]]
+    assert metrics["query_subset"] == {"every": 2, "split_queries": len(queries)} and len(queries) > len(ran) > 1
+    full = run_eval(OracleMethod(dataset), dataset, tmp_path / "full", FAST)
+    assert full["query_subset"] is None
+    lines = render_table([full, metrics]).split("\n\n")[1].splitlines()
+    assert [line.split(" | ")[0] for line in lines[2:4]] == ["| " + OracleMethod.name,
+                                                            "| " + OracleMethod.name + " [every 2nd query]"]
+    with pytest.raises(EvalError, match="every must be >= 1"):
+        EvalConfig(every=0)
+    register_test_methods(monkeypatch)
+    assert main(["eval", "--method", "oracle", "--data", str(dataset.root), "--out", str(tmp_path / "cli"),
+                 "--every", "3", "--bootstrap", "20", "--worst", "0", "--no-progress"]) == 0
+    assert f"{len(queries[::3])} queries (every 3rd of {len(queries)})" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--method", "nonesuch"], "--method 'nonesuch' is not one of"),
     (["--method", "percs"], "--checkpoint is required"),

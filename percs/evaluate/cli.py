@@ -15,12 +15,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from percs.evaluate.methods import MethodUnavailable
     from percs.evaluate.runner import EvalConfig, EvalError, run_eval
     from percs.evaluate.summary import BootstrapConfig
+    from percs.evaluate.table import ordinal
     from percs.train.checkpoint import CheckpointError
 
     try:
         entry, dataset = _method_and_dataset(args)
         bootstrap = BootstrapConfig(resamples=args.bootstrap, seed=args.bootstrap_seed)
-        config = EvalConfig(args.split, args.control, args.control_seed, bootstrap, args.worst, args.progress)
+        config = EvalConfig(args.split, args.control, args.control_seed, bootstrap, args.worst, args.progress,
+                            args.every)
         _check_split_and_out(dataset, args)
         method = entry.factory(args, dataset)
     except (_Failure, ValueError, MethodUnavailable, CheckpointError) as error:
@@ -34,8 +36,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     at50 = metrics["overall"]["iou"]["0.5"]["mean"]["ap"]
     control = metrics["control"]
     skipped = f" ({control['skipped_queries']} without a wrong reference left out)" if control else ""
+    subset = metrics["query_subset"]
+    subset = f" (every {ordinal(subset['every'])} of {subset['split_queries']})" if subset else ""
     print(f"{metrics['method']} on {metrics['dataset']['name']} {metrics['split']}: {metrics['n_queries']} queries"
-          f"{skipped}, AP@0.5 {at50['value']:.3f} [{at50['ci'][0]:.3f}, {at50['ci'][1]:.3f}]; wrote {args.out}")
+          f"{subset}{skipped}, AP@0.5 {at50['value']:.3f} [{at50['ci'][0]:.3f}, {at50['ci'][1]:.3f}]; wrote {args.out}")
     return 0
 
 
@@ -101,6 +105,9 @@ def _add_eval(sub) -> None:
     p.add_argument("--bootstrap", type=int, default=1000, metavar="N",
                    help="bootstrap resamples of the images for the 95%% intervals (default 1000)")
     p.add_argument("--bootstrap-seed", type=int, default=0)
+    p.add_argument("--every", type=int, default=1, metavar="K",
+                   help="run every K-th query of the split (default 1: all); for methods too slow for a whole "
+                        "split, marked in metrics.json and the table's row")
     p.add_argument("--worst", type=int, default=8, metavar="N", help="overlays of the N worst queries (default 8)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.add_argument("--no-verify", dest="verify", action="store_false", help="skip the dataset's sha256 checks")

@@ -6,6 +6,7 @@ Layout (figures as in `percs.evaluate.summary.summary_json`; thresholds as strin
      "method": honest name of the variant, "method_key": registry name, "method_settings": {...},
      "dataset": {"name", "path", "manifest_sha256"}, "split": "test",
      "control": null | {"name": "wrong-reference", "seed", "skipped_queries"},
+     "query_subset": null | {"every": k, "split_queries": N} (every k-th of the split's N queries ran),
      "iou_rule": "gt", "thresholds": [0.3, 0.5],
      "bootstrap": {"unit": "image", "resamples", "level", "seed"},
      "n_queries", "n_images", "seconds",
@@ -30,8 +31,10 @@ FORMAT = "percs-eval"
 VERSION = 1
 
 
-def build_metrics(method, method_key: str, dataset: Dataset, config, records, skipped: int, seconds: float) -> dict:
-    """The metrics.json object of a finished run (records: `runner.QueryRecord`s, in run order)."""
+def build_metrics(method, method_key: str, dataset: Dataset, config, records, skipped: int, seconds: float,
+                  split_queries: int) -> dict:
+    """The metrics.json object of a finished run (records: `runner.QueryRecord`s, in run order; split_queries:
+    the number of fixed queries of the split, of which every `config.every`-th ran)."""
     counts = [r.counts for r in records]
     bootstrap = config.bootstrap
     groups = {key: {name: summary_json(summarize(members, THRESHOLDS, bootstrap))
@@ -48,6 +51,7 @@ def build_metrics(method, method_key: str, dataset: Dataset, config, records, sk
         "dataset": {"name": dataset.name, "path": str(dataset.root),
                     "manifest_sha256": sha256(Path(dataset.root) / MANIFEST)},
         "split": config.split, "control": control,
+        "query_subset": {"every": config.every, "split_queries": split_queries} if config.every > 1 else None,
         "iou_rule": IOU_RULE, "thresholds": list(THRESHOLDS),
         "bootstrap": {"unit": "image", **dataclasses.asdict(bootstrap)},
         "n_queries": overall["n_queries"], "n_images": overall["n_images"], "seconds": round(seconds, 3),

@@ -35,7 +35,9 @@ class EvalError(ValueError):
 @dataclass(frozen=True)
 class EvalConfig:
     """split: the benchmark split whose fixed queries are run. control: None or one of CONTROLS;
-    control_seed: its seed. worst: overlays of that many worst queries (0: none). progress: a progress bar."""
+    control_seed: its seed. worst: overlays of that many worst queries (0: none). progress: a progress bar.
+    every: run every k-th query of the split in stored order, from the first (1: all; a subset for methods too
+    slow for the whole split, recorded in metrics.json and the table's row)."""
 
     split: str = "test"
     control: str | None = None
@@ -43,12 +45,15 @@ class EvalConfig:
     bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
     worst: int = 8
     progress: bool = True
+    every: int = 1
 
     def __post_init__(self) -> None:
         if self.control is not None and self.control not in CONTROLS:
             raise EvalError(f"control {self.control!r} is not one of {CONTROLS}")
         if self.worst < 0:
             raise EvalError(f"worst must be >= 0, got {self.worst}")
+        if self.every < 1:
+            raise EvalError(f"every must be >= 1, got {self.every}")
 
 
 @dataclass(frozen=True)
@@ -162,7 +167,8 @@ def run_eval(method: Method, dataset: Dataset, out: Path | str, config: EvalConf
     """Evaluates `method` on the queries of `config.split`; writes OUT (see the module docstring) and returns
     the metrics.json object. method_key: the registry name it was built from (recorded)."""
     out = Path(out)
-    queries = split_queries(dataset, config.split)
+    every_query = split_queries(dataset, config.split)
+    queries = every_query[:: config.every]
     prepare_out(out)
     images = ImageCache(dataset)
     planned = plan_references(dataset, queries, config, images)
@@ -171,6 +177,7 @@ def run_eval(method: Method, dataset: Dataset, out: Path | str, config: EvalConf
     start = time.perf_counter()
     records = run_queries(method, dataset, planned, out, images, config.progress)
     seconds = time.perf_counter() - start
-    metrics = build_metrics(method, method_key, dataset, config, records, len(queries) - len(planned), seconds)
+    metrics = build_metrics(method, method_key, dataset, config, records, len(queries) - len(planned), seconds,
+                            len(every_query))
     write_outputs(out, metrics, dataset, records, images, config.worst)
     return metrics

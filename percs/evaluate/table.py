@@ -1,7 +1,8 @@
 """Markdown tables laid out like the paper's Table 1, from one or more metrics.json objects.
 
 Rows are (method, IoU threshold), grouped by threshold as in the paper (every method at 0.3, then every
-method at 0.5); a control run is its own row ("<method> [wrong-reference control]"). Columns are AP, P and R
+method at 0.5); a control run is its own row ("<method> [wrong-reference control]"), and so is a run on a
+subset of the queries ("<method> [every 5th query]"). Columns are AP, P and R
 of each (dataset, split), in the order the runs are given; a method without a run on a column shows "-".
 Each figure is `value [low, high]`, its bootstrap interval over images. The first table holds the headline
 figures (means over queries of per-query AP / P / R), the second the pooled ones (TP / FP / FN summed).
@@ -13,9 +14,16 @@ FIGURE_NAMES = {"ap": "AP", "precision": "P", "recall": "R"}
 
 
 def row_label(metrics: dict) -> str:
-    """The row of a run: its method's name, with the control when there is one."""
-    control = metrics.get("control")
-    return metrics["method"] + (f" [{control['name']} control]" if control else "")
+    """The row of a run: its method's name, with the control and the query subset when there are."""
+    control, subset = metrics.get("control"), metrics.get("query_subset")
+    label = metrics["method"] + (f" [{control['name']} control]" if control else "")
+    return label + (f" [every {ordinal(subset['every'])} query]" if subset else "")
+
+
+def ordinal(k: int) -> str:
+    """2nd, 3rd, 5th, 11th, 21st."""
+    suffix = "th" if 10 <= k % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(k % 10, "th")
+    return f"{k}{suffix}"
 
 
 def column_label(metrics: dict) -> str:
