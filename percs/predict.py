@@ -122,7 +122,7 @@ class Predictor:
     def __init__(self, model: torch.nn.Module, config: PredictorConfig = PredictorConfig()):
         self.model = model
         self.config = config
-        self._features_of: tuple[torch.Tensor, list[torch.Tensor], tuple[int, ...]] | None = None  # see _window_features
+        self._features_of: tuple[torch.Tensor, list[torch.Tensor], tuple[int, ...]] | None = None  # see window_features
 
     @property
     def device(self) -> torch.device:
@@ -152,7 +152,7 @@ class Predictor:
         window = self.config.window
         padded, corners = sliding_windows(image, window, self.config.stride)
         with self._inference():
-            features = self._window_features(padded, corners)
+            features = self.window_features(padded, corners)
             total = padded.new_zeros(3, *padded.shape[1:])
             count = padded.new_zeros(1, *padded.shape[1:])
             for index, (batch, windows) in enumerate(window_batches(padded, corners, window, self.config.batch_size)):
@@ -183,8 +183,9 @@ class Predictor:
         probability = torch.sigmoid(logits)
         return Prediction(labels, flows, probability, cell_mean(labels, probability))
 
-    def _window_features(self, padded: torch.Tensor, corners: list[tuple[int, int]]) -> list[torch.Tensor] | None:
-        """The backbone features of every window batch of `padded`, reused while the same image comes back.
+    def window_features(self, padded: torch.Tensor, corners: list[tuple[int, int]]) -> list[torch.Tensor] | None:
+        """The backbone features of every window batch of `padded` (from `sliding_windows` with this predictor's
+        window and stride; batches as `window_batches` makes them), reused while the same image comes back.
 
         Several queries of one image (one per cell type, or one per reference) differ only in the reference
         embedding, which enters after the backbone; the backbone's features of the last image are kept and

@@ -183,6 +183,36 @@ def test_generic_percs_filter_plumbing(tmp_path, monkeypatch):
     np.testing.assert_array_equal(kept_all, method.source(image))
 
 
+def test_filter_shares_the_generic_models_backbone_when_weights_are_equal(tmp_path, monkeypatch):
+    import copy
+
+    from model_helpers import tiny_model
+    import percs.baselines.filter as filter_module
+    from percs.api import load_model
+
+    bench = make_benchmark(tmp_path)
+    checkpoint = generic_checkpoint(bench, tmp_path / "generic.pt", generic=True)
+    same = copy.deepcopy(load_model(checkpoint, "cpu")[0].backbone)
+    monkeypatch.setattr(filter_module, "_backbone", lambda name, weights: copy.deepcopy(same))
+    shared = filter_module.build_filter(_filter_args(generic_checkpoint=str(checkpoint), filter_threshold=0.1))
+    assert shared.settings["backbone_shared_with_generic_model"] and shared.embedder.predictor is shared.source.predictor
+    separate = SimilarityFilter(shared.source, MaskEmbedder(copy.deepcopy(same), 56, 42), 0.1)
+    assert shared.embedder.window == 56 and shared.embedder.stride == 42  # the predictor's (tiny_config)
+    image, red, _ = red_and_green_disks()
+    calls = []
+    shared.embedder.backbone.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    found = shared.candidates(image, image, red == 1)
+    expected = separate.candidates(image, image, red == 1)
+    np.testing.assert_array_equal(found.labels, expected.labels)
+    np.testing.assert_array_equal(found.cells, expected.cells)
+    np.testing.assert_allclose(found.similarity, expected.similarity, atol=1e-5)
+    windows = len(filter_module.sliding_windows(filter_module.as_input_image(image, "cpu"), 56, 42)[1])
+    assert sum(calls) == windows + 1  # the predictor's windows once, then the reference window
+    monkeypatch.setattr(filter_module, "_backbone", lambda name, weights: tiny_model(seed=1).backbone)
+    other = filter_module.build_filter(_filter_args(generic_checkpoint=str(checkpoint), filter_threshold=0.1))
+    assert not other.settings["backbone_shared_with_generic_model"] and other.embedder.predictor is None
+
+
 def _filter_args(**given):
     import argparse
 

@@ -11,6 +11,9 @@ Embeddings, as percs embeds cells (`percs.model.reference`): the query image's f
 224 x 224 windows every 168 pixels on the image zero-padded to a multiple of 14 (as the predictor runs),
 averaged where windows overlap, and each mask is pooled with the fraction of every 14 x 14 patch it covers;
 the reference cell's embedding is the features of the 224 x 224 window centred on it pooled under its mask.
+When the generic masks come from a percs model whose backbone is the filter's (same variant, equal weights:
+a frozen DINOv2), the embedder takes that model's window features from its predictor instead of running the
+backbone a second time on the same windows (`MaskEmbedder.sharing`).
 """
 
 from __future__ import annotations
@@ -39,6 +42,17 @@ class MaskEmbedder:
 
     def __init__(self, backbone: torch.nn.Module, window: int = 224, stride: int = 168, batch_size: int = 8):
         self.backbone, self.window, self.stride, self.batch_size = backbone.eval(), window, stride, batch_size
+        self.predictor = None
+
+    @classmethod
+    def sharing(cls, predictor) -> MaskEmbedder:
+        """An embedder on the backbone of a `percs.predict.Predictor`'s model, with its window, stride and
+        batch size, that reads window features through `predictor.window_features` (so an image the predictor
+        has just segmented costs no second backbone pass)."""
+        config = predictor.config
+        embedder = cls(predictor.model.eval().backbone, config.window, config.stride, config.batch_size)
+        embedder.predictor = predictor
+        return embedder
 
     @property
     def device(self) -> torch.device:
@@ -50,9 +64,14 @@ class MaskEmbedder:
         image = as_input_image(image, self.device)
         padded, corners = sliding_windows(image, self.window, self.stride)
         grid = (padded.shape[1] // PATCH_SIZE, padded.shape[2] // PATCH_SIZE)
+        batches = list(window_batches(padded, corners, self.window, self.batch_size))
+        if self.predictor is not None:
+            per_batch = self.predictor.window_features(padded, corners)
+        else:
+            per_batch = [self.backbone(windows).features for _, windows in batches]
         total = count = None
-        for batch, windows in window_batches(padded, corners, self.window, self.batch_size):
-            for (top, left), values in zip(batch, self.backbone(windows).features.float()):
+        for (batch, _), features in zip(batches, per_batch):
+            for (top, left), values in zip(batch, features.float()):
                 if total is None:
                     total, count = values.new_zeros(values.shape[0], *grid), values.new_zeros(1, *grid)
                 rows = slice(top // PATCH_SIZE, top // PATCH_SIZE + values.shape[1])
@@ -199,15 +218,26 @@ def build_filter(args: argparse.Namespace, dataset=None) -> SimilarityFilter:
     else:
         source = CellposeMasks(args.cellpose_model, device)
     backbone = _backbone(args.filter_backbone, args.filter_backbone_weights).to(device)
-    method = SimilarityFilter(source, MaskEmbedder(backbone), args.filter_threshold or 0.0, args.filter_backbone)
+    shared = isinstance(source, PercsGenericMasks) and source.backbone_name == args.filter_backbone \
+        and same_weights(source.predictor.model.backbone, backbone)
+    embedder = MaskEmbedder.sharing(source.predictor) if shared else MaskEmbedder(backbone)
+    method = SimilarityFilter(source, embedder, args.filter_threshold or 0.0, args.filter_backbone)
     method.settings = {"masks": source.name, "generic_checkpoint": args.generic_checkpoint,
                        "cellpose_model": args.cellpose_model, "backbone": args.filter_backbone,
-                       "backbone_weights": args.filter_backbone_weights or "official", "device": str(device)}
+                       "backbone_weights": args.filter_backbone_weights or "official",
+                       "backbone_shared_with_generic_model": shared, "device": str(device)}
     if args.filter_threshold is None:
         scores = method.tune(dataset, "val", args.filter_val_queries)
         method.settings.update(val_queries=args.filter_val_queries or "all", val_mean_ap50_by_threshold=scores)
     method.settings["threshold"] = method.threshold
     return method
+
+
+def same_weights(first: torch.nn.Module, second: torch.nn.Module) -> bool:
+    """Whether two modules have the same parameter and buffer names, shapes and values."""
+    one, other = first.state_dict(), second.state_dict()
+    return one.keys() == other.keys() and all(
+        one[k].shape == other[k].shape and torch.equal(one[k], other[k].to(one[k].device)) for k in one)
 
 
 def _backbone(name: str, weights: str | None):

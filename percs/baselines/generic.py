@@ -40,6 +40,7 @@ class PercsGenericMasks:
             raise ValueError(f"--generic-checkpoint {path} is a personalized model (model.head.generic=false); "
                              "the filter baseline needs one trained with --set model.head.generic=true")
         self.predictor = Predictor(model, config.predict)
+        self.backbone_name = config.model.backbone
         self.name = f"percs generic {_describe(config.model)}"
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
