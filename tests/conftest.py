@@ -1,4 +1,4 @@
-"""Shared test fixtures: where the real data lives, and the CUDA skip rule."""
+"""Shared test fixtures: where the real data lives, the CUDA skip rule, one torch thread on request."""
 
 from __future__ import annotations
 
@@ -9,6 +9,18 @@ import numpy as np
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op torch thread for the test (restored after): tiny models gain nothing from more, and lose
+    much on a loaded machine. Modules of such tests use `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def shared_dir() -> Path:

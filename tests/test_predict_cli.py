@@ -10,7 +10,6 @@ import sys
 import numpy as np
 import pytest
 import tifffile
-import torch
 from PIL import Image
 from predict_helpers import ThresholdModel, checkpoint_config, write_tiny_checkpoint
 from test_data_format import write_png16
@@ -26,12 +25,7 @@ from percs.predict_files import cell_table, read_query_image
 SIZE = 112
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

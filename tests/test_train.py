@@ -26,13 +26,7 @@ ONE_IMAGE = {"items_per_epoch": 1, "sampling": {"crop_size": 56, "reference_size
                                                 "flip_probability": 0.0, "absent_fraction": 0.0}}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: these tiny models gain nothing from more, and lose much on a loaded machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
