@@ -248,3 +248,40 @@ def test_percs_method_end_to_end_through_the_cli(bench, tmp_path):
     assert len(list((tmp_path / "out" / "worst").glob("*.png"))) == 1
     assert "PerCS-DINO (vits14, random-init backbone, depth 1, width 32) | 0.3 |" in \
         (tmp_path / "out" / "table.md").read_text()
+
+
+class FlowsOnlySegmenter:
+    """A stand-in for percs.api.Segmenter whose flows are the true ones of every cell (FLOW_SCALE x
+    masks_to_flows) and whose same-type decision is `decide(truth)` (the target's true cells, or none)."""
+
+    generic = False
+
+    def __init__(self, dataset, decide):
+        self.oracle, self.decide = OracleMethod(dataset), decide
+
+    def reference(self, image, *, labels, label):
+        return (image, labels == label)
+
+    def segment(self, image, reference):
+        from percs.api import SegmentationResult
+        from percs.flows import FLOW_SCALE, masks_to_flows
+
+        labels = self.oracle.dataset.read_labels(self.oracle.record_of(image))
+        chosen = self.decide(self.oracle.segment(image, *reference))
+        return SegmentationResult(labels=chosen, probability=(chosen > 0).astype(np.float32),
+                                  cell_probability=np.ones(int(chosen.max()), np.float32),
+                                  flows=FLOW_SCALE * masks_to_flows(labels))
+
+
+def test_type_vs_flows_tells_a_failed_type_decision_from_failed_flows(dataset):
+    from percs.evaluate.diagnose import type_vs_flows
+
+    blind = type_vs_flows(FlowsOnlySegmenter(dataset, np.zeros_like), dataset, "test")
+    assert blind.queries == len(split_queries(dataset, "test"))
+    assert blind.ap50_predicted == 0.0 and blind.same_type_pixel_iou == 0.0
+    assert blind.ap50_true_type > 0.95  # true flows rebuilt under the true type: nearly every cell back
+    perfect = type_vs_flows(FlowsOnlySegmenter(dataset, lambda truth: truth), dataset, "test", every=2)
+    assert perfect.queries == len(split_queries(dataset, "test")[::2])
+    assert perfect.ap50_predicted == 1.0 and perfect.same_type_pixel_iou == 1.0
+    with pytest.raises(ValueError, match="every"):
+        type_vs_flows(FlowsOnlySegmenter(dataset, np.zeros_like), dataset, "test", every=0)
