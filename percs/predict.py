@@ -204,6 +204,11 @@ class Predictor:
         self._features_of = (padded, features, version)
         return features
 
+    def forget_features(self) -> None:
+        """Drops the kept backbone features (`window_features`): the next image runs the backbone again, even
+        when it equals the last (a timing of a whole prediction, or memory to give back)."""
+        self._features_of = None
+
     def _check_embedding(self, reference_embedding: torch.Tensor | None) -> torch.Tensor | None:
         if getattr(self.model, "generic", False):
             return None

@@ -130,6 +130,9 @@ def test_backbone_features_are_reused_for_the_same_image_only(monkeypatch):
         next(model.backbone.parameters()).add_(0.1)
     predictor.fields(image + 1, second)
     assert sum(calls) == 3 * windows
+    predictor.forget_features()
+    predictor.fields(image + 1, second)
+    assert sum(calls) == 4 * windows
 
 
 def test_generic_model_needs_no_reference():
