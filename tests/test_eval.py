@@ -23,6 +23,7 @@ from percs.data.io import read_label_file, sha256
 from percs.evaluate.runner import EvalConfig, EvalError, run_eval, split_queries, true_labels_of
 from percs.evaluate.summary import BootstrapConfig
 from percs.evaluate.table import render_table
+from real_subsets import build_subset_benchmark, import_consep_subset
 from train_helpers import make_benchmark, tiny_config
 
 FAST = EvalConfig(bootstrap=BootstrapConfig(resamples=200), worst=2, progress=False)
@@ -285,3 +286,54 @@ def test_type_vs_flows_tells_a_failed_type_decision_from_failed_flows(dataset):
     assert perfect.ap50_predicted == 1.0 and perfect.same_type_pixel_iou == 1.0
     with pytest.raises(ValueError, match="every"):
         type_vs_flows(FlowsOnlySegmenter(dataset, np.zeros_like), dataset, "test", every=0)
+
+
+@pytest.fixture(scope="module")
+def real_benchmarks(tmp_path_factory) -> dict[str, Path]:
+    """PerCS benchmarks of small real subsets of ../shared/data: cellpose_styles + dsb2018 (PerCS protocol,
+    one mixed variant per image) and CoNSeP patches (PanNuke-style protocol)."""
+    from percs.data.build import BuildConfig, build_benchmark
+
+    root = tmp_path_factory.mktemp("real-eval")
+    consep = build_benchmark([import_consep_subset(root)], root / "consep-bench",
+                             BuildConfig(distractor_types=("other",), group_pattern=r"^(.*)_\d+$"))
+    return {"mini": build_subset_benchmark(root, variants=1), "consep": consep.root}
+
+
+@pytest.mark.parametrize("name", ["mini", "consep"])
+def test_eval_cli_on_real_benchmarks_with_the_wrong_reference_control(real_benchmarks, name, tmp_path,
+                                                                     monkeypatch, capsys):
+    bench = real_benchmarks[name]
+    register_test_methods(monkeypatch)
+    argv = ["eval", "--method", "oracle", "--data", str(bench), "--out", str(tmp_path / "out"),
+            "--bootstrap", "50", "--worst", "0", "--no-progress"]
+    assert main(argv) == 0
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    queries = split_queries(load_dataset(bench), "test")
+    assert metrics["n_queries"] == len(queries) > 0
+    assert figures(metrics) == {"ap": 1.0, "precision": 1.0, "recall": 1.0}
+    assert sum(q["n_true"] for q in metrics["queries"]) > 0
+    capsys.readouterr()
+    assert main(argv[:5] + ["--control", "wrong-reference", "--out", str(tmp_path / "control")] + argv[7:]) == 0
+    swapped = json.loads((tmp_path / "control" / "metrics.json").read_text())
+    assert swapped["n_queries"] + swapped["control"]["skipped_queries"] == len(queries)
+    assert swapped["n_queries"] > 0
+    assert figures(swapped) == {"ap": 0.0, "precision": 0.0, "recall": 0.0}
+
+
+def test_percs_method_on_real_images(real_benchmarks, tmp_path):
+    """A tiny random checkpoint through `percs eval` on real RGB and grey images of several sizes: every
+    prediction has its image's shape and is scored (the scores of a random model mean nothing)."""
+    bench = real_benchmarks["mini"]
+    checkpoint = tiny_checkpoint(bench, tmp_path / "tiny.pt")
+    argv = ["eval", "--method", "percs", "--checkpoint", str(checkpoint), "--data", str(bench), "--split", "novel",
+            "--every", "2", "--out", str(tmp_path / "out"), "--device", "cpu", "--niter", "10", "--bootstrap", "20",
+            "--worst", "1", "--no-progress"]
+    assert main(argv) == 0
+    dataset = load_dataset(bench)
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["n_queries"] == len(split_queries(dataset, "novel")[::2]) > 0
+    for entry in metrics["queries"]:
+        predicted = read_label_file(tmp_path / "out" / entry["prediction"])
+        assert predicted.shape == dataset.read_labels(dataset.record(entry["image"])).shape
+        assert predicted.dtype == np.int32 and len(np.unique(predicted[predicted > 0])) == entry["n_pred"]
