@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from percs.evaluate.runner import ImageCache, split_queries, true_labels_of
+from percs.evaluate.summary import IOU_RULE
 from percs.flows import flows_to_masks
 from percs.metrics import evaluate
 
@@ -27,33 +29,29 @@ class TypeVsFlows:
     same_type_pixel_iou: float
 
 
-def ap50(truth: np.ndarray, predicted: np.ndarray) -> float:
-    """One image's AP at IoU > 0.5 (1 when both are empty, as `percs eval` scores it)."""
-    stats = evaluate(truth, predicted, (0.5,), iou_rule="gt")[0]
-    total = stats.tp + stats.fp + stats.fn
-    return float(stats.tp / total) if total else 1.0
+def _ap50(truth: np.ndarray, predicted: np.ndarray) -> float:
+    """One query's AP at IoU 0.5, as `percs eval` scores it."""
+    return evaluate(truth, predicted, 0.5, iou_rule=IOU_RULE)[0].pooled.ap
 
 
 def type_vs_flows(segmenter, dataset, split: str = "val", every: int = 1) -> TypeVsFlows:
     """TypeVsFlows of `segmenter` (a percs.api.Segmenter of a reference-guided model) on every `every`-th fixed
     query of `split` of `dataset` (a percs.data.format.Dataset)."""
-    from percs.evaluate.runner import split_queries, true_labels_of
-
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:
         raise ValueError(f"every must be an integer >= 1, got {every!r}")
     if segmenter.generic:
         raise ValueError("the segmenter's model is generic (no same-type decision to check)")
+    images = ImageCache(dataset)  # a split's queries come image by image: each image read once
     predicted, true_type, pixel_iou = [], [], []
     for query in split_queries(dataset, split)[::every]:
-        record, reference = dataset.record(query.image), dataset.record(query.reference_image)
-        labels = dataset.read_labels(record)
-        cell = segmenter.reference(dataset.read_image(reference), labels=dataset.read_labels(reference),
-                                   label=query.reference_label)
-        result = segmenter.segment(dataset.read_image(record), cell)
+        image, labels = images(query.image)
+        reference_image, reference_labels = images(query.reference_image)
+        cell = segmenter.reference(reference_image, labels=reference_labels, label=query.reference_label)
+        result = segmenter.segment(image, cell)
         truth = true_labels_of(dataset, query, labels)
         cellprob = np.where(truth > 0, 5.0, -5.0).astype(np.float32)
-        predicted.append(ap50(truth, result.labels))
-        true_type.append(ap50(truth, flows_to_masks(result.flows, cellprob)))
+        predicted.append(_ap50(truth, result.labels))
+        true_type.append(_ap50(truth, flows_to_masks(result.flows, cellprob)))
         same, target = result.probability > 0.5, truth > 0
         union = (same | target).sum()
         pixel_iou.append((same & target).sum() / union if union else 1.0)
