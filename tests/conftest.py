@@ -7,6 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import settings
+
+# Property tests draw the same examples on every run and machine, so a failure in CI replays here as it was
+# (HYPOTHESIS_PROFILE=random explores new examples instead; failures then print their seed).
+settings.register_profile("derandomized", derandomize=True, print_blob=True)
+settings.register_profile("random", print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "derandomized"))
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -2,7 +2,8 @@
 
 Integer outputs must be identical and every output must stay on the input's GPU. Flows must agree to 1e-6 and
 flow errors to 1e-10 relative (summation order), except where the two backends' log1p, which may differ in the
-last bit (CUDA's vs glibc's), meets a gradient that is itself rounding noise: see assert_flows_match.
+last bit (CUDA's vs glibc's), meets a gradient that is itself rounding noise in a cell that is not mirror
+symmetric (a symmetric cell's centre is exactly (0, 0) on both): see assert_flows_match.
 Skipped without a CUDA device or without percs._cuda.
 """
 
@@ -162,6 +163,19 @@ def test_masks_to_flows_matches_cpu(index):
     for variant in variants:
         got = host(F.masks_to_flows(gpu(variant)), dtype=torch.float32)
         assert_flows_match(got, F.masks_to_flows(variant), variant)
+
+
+def test_symmetric_cell_has_exactly_zero_flow_at_its_centre_on_the_gpu():
+    # The shared stencil sums in mirror-symmetric pairs, so CUDA's log1p cannot turn the centre's zero gradient.
+    from test_flows import mirror_symmetric_cells
+
+    for labels in mirror_symmetric_cells():
+        ys, xs = np.nonzero(labels)
+        cy, cx = (ys.min() + ys.max()) // 2, (xs.min() + xs.max()) // 2
+        got = host(F.masks_to_flows(gpu(labels)), dtype=torch.float32)
+        assert got[:, cy, cx].tolist() == [0.0, 0.0]
+        np.testing.assert_array_equal(got[0, ::-1], -got[0])
+        np.testing.assert_array_equal(got[1, :, ::-1], -got[1])
 
 
 def test_masks_to_flows_batch_and_views():

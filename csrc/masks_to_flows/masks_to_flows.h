@@ -20,11 +20,16 @@ PERCS_HD int32_t diffusion_iterations(const CellBox& c) { return 2 * (c.h + c.w)
 
 constexpr double NINTH = 1.0 / 9.0;
 
-// Sum of the 3x3 neighbourhood of box index i. The summation order is fixed and shared with the NumPy
-// reference (centre, up, down, left, right, then the diagonals), so all implementations agree to the bit.
+// Sum of the 3x3 neighbourhood of box index i, in mirror-symmetric pairs: centre + ((up + down) + (left +
+// right)) + ((up-left + down-right) + (up-right + down-left)). Mirroring the box about either axis or its
+// diagonal only swaps the operands of a pair or the two pairs, so a mirror-symmetric cell gets exactly
+// mirror-symmetric temperatures and its centre gradient is exactly 0 whatever log1p rounds to. The NumPy
+// reference uses the same order, so all implementations agree to the bit.
 PERCS_HD double neighbourhood_sum(const double* T, int64_t stride, int64_t i) {
-  return T[i] + T[i - stride] + T[i + stride] + T[i - 1] + T[i + 1] + T[i - stride - 1] + T[i - stride + 1] +
-         T[i + stride - 1] + T[i + stride + 1];
+  const double cross = (T[i - stride] + T[i + stride]) + (T[i - 1] + T[i + 1]);
+  const double diagonals =
+      (T[i - stride - 1] + T[i + stride + 1]) + (T[i - stride + 1] + T[i + stride - 1]);
+  return T[i] + cross + diagonals;
 }
 
 // Mean of the 3x3 neighbourhood, as sum * (1/9) (a multiply, not a division: it vectorises; every

@@ -27,10 +27,10 @@ def cell_log_temperature(cell: np.ndarray) -> np.ndarray:
     T[cy, cx] = 1.0
     n_iter = 2 * (h + w)
     for it in range(n_iter):
-        s = (
-            T[1:-1, 1:-1] + T[:-2, 1:-1] + T[2:, 1:-1] + T[1:-1, :-2] + T[1:-1, 2:]
-            + T[:-2, :-2] + T[:-2, 2:] + T[2:, :-2] + T[2:, 2:]
-        )
+        # Mirror-symmetric pairs, in the kernels' order (csrc/masks_to_flows/masks_to_flows.h).
+        cross = (T[:-2, 1:-1] + T[2:, 1:-1]) + (T[1:-1, :-2] + T[1:-1, 2:])
+        diagonals = (T[:-2, :-2] + T[2:, 2:]) + (T[:-2, 2:] + T[2:, :-2])
+        s = T[1:-1, 1:-1] + cross + diagonals
         nxt = np.zeros_like(T)
         nxt[1:-1, 1:-1] = np.where(inside[1:-1, 1:-1], s * (1.0 / 9.0), 0.0)
         if it + 1 < n_iter:
