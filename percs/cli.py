@@ -15,9 +15,11 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `percs` parser. Its modules import only argparse-level code (no torch, SciPy or model code), so that
+    `percs --help` answers at once; each command imports what it runs."""
     parser = argparse.ArgumentParser(prog="percs", description="Personalized cell segmentation")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("info", help="print versions, built kernel backends and CUDA availability as JSON")
+    p = sub.add_parser("info", help="print versions and the kernel backends (compiled, usable here) as JSON")
     p.set_defaults(func=cmd_info)
 
     from percs.data.cli import add_data_commands  # `percs data ...`: parsers next to the library they call

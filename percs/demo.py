@@ -188,8 +188,9 @@ def add_demo_command(sub) -> None:
     p.add_argument("--weights", help="a DINOv2 ViT-S/14 file: frozen pretrained backbone instead of a random ViT")
     p.add_argument("--images-per-type", type=int, default=8, help="synthetic images per cell type (default 8)")
     p.add_argument("--epochs", type=int, default=0, help="training epochs (default: the demo's 60)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="where training and evaluation run (default auto: CUDA when usable)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data and the training (default 0)")
     p.set_defaults(func=cmd_demo)
 
 

@@ -1,4 +1,4 @@
-"""What this installation of percs can do: versions, kernel backends, devices."""
+"""What this installation of percs can do: versions, kernel backends (compiled, and usable here), devices."""
 
 from __future__ import annotations
 
@@ -7,13 +7,33 @@ import platform
 from percs import __version__, _backend
 
 
-def cuda_usable() -> bool:
-    """True when a CUDA device can run both torch and the percs CUDA kernels now."""
+def backends() -> dict[str, dict]:
+    """Each kernel backend: compiled (its module imports), usable (it can run on this machine now) and, when it
+    cannot, why not. The CUDA kernels take torch CUDA tensors, so they need a device, its driver and a CUDA torch."""
+    cpu = {"compiled": True, "usable": True, "openmp": bool(_backend.cpu.openmp),
+           "threads": _backend.cpu.max_threads()}
+    compiled = _backend._cuda is not None
+    devices = _backend._cuda.device_count() if compiled else 0
+    reasons = _cuda_unusable_reasons(devices)
+    cuda = {"compiled": compiled, "usable": not reasons, "devices": devices}
+    if reasons:
+        cuda["not_usable_because"] = "; ".join(reasons)
+    return {"cpu": cpu, "cuda": cuda}
+
+
+def _cuda_unusable_reasons(devices: int) -> list[str]:
+    if _backend._cuda is None:
+        return [f"percs._cuda was not compiled (no nvcc at build time) or does not load: {_backend.CUDA_IMPORT_ERROR}"]
+    reasons = [] if devices else ["no CUDA device or driver on this machine"]
     try:
         import torch
     except ImportError:
-        return False
-    return _backend._cuda is not None and torch.cuda.is_available() and _backend._cuda.device_count() > 0
+        return reasons + ["torch is not installed"]
+    if torch.version.cuda is None:
+        reasons.append(f"torch {torch.__version__} is a CPU-only build")
+    elif devices and not torch.cuda.is_available():
+        reasons.append("torch sees no CUDA device")
+    return reasons
 
 
 def info() -> dict:
@@ -29,9 +49,5 @@ def info() -> dict:
         "python": platform.python_version(),
         "torch": torch_version,
         "torch_cuda": torch_cuda,
-        "backends": _backend.built_backends(),
-        "openmp": bool(_backend.cpu.openmp),
-        "cpu_threads": _backend.cpu.max_threads(),
-        "cuda_import_error": _backend.CUDA_IMPORT_ERROR,
-        "cuda_usable": cuda_usable(),
+        "backends": backends(),
     }

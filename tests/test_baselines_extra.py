@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from baseline_helpers import red_and_green_disks
-from percs.baselines.persam import PerSAM, PerSAMConfig, add_arguments, build_persam
+from percs.baselines.persam import PerSAM, PerSAMConfig, build_persam
+from percs.baselines.persam_options import add_arguments
 from percs.flows import renumber
 
 

@@ -1,23 +1,51 @@
-"""The command line and `percs info`."""
+"""The command line: `percs info`, help for every option, parsers that load no heavy module."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 
-from percs.cli import main
+from percs import _backend
+from percs.cli import build_parser, main
+
+# Modules that only running a command may import: building the parser or printing help must not.
+HEAVY_MODULES = ("torch", "scipy", "skimage", "numba", "fastremap", "tifffile", "percs._cpu", "percs.model",
+                 "percs.api", "percs.predict", "percs.train.trainer", "percs.baselines.persam",
+                 "percs.baselines.filter")
 
 
-def test_info_prints_json(capsys):
+def commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
+    """(command words, parser) of the parser and of every sub-command under it, depth first."""
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from commands(sub, path + (name,))
+
+
+def test_info_says_which_backends_are_compiled_and_usable(capsys):
     assert main(["info"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["torch"] == torch.__version__
-    assert "cpu" in report["backends"]
-    assert isinstance(report["cuda_usable"], bool)
-    assert report["cuda_usable"] == (torch.cuda.is_available() and "cuda" in report["backends"])
+    cpu, cuda = report["backends"]["cpu"], report["backends"]["cuda"]
+    assert cpu["compiled"] and cpu["usable"] and cpu["threads"] >= 1 and isinstance(cpu["openmp"], bool)
+    assert cuda["compiled"] == (_backend._cuda is not None)
+    devices = _backend._cuda.device_count() if cuda["compiled"] else 0
+    assert cuda["devices"] == devices
+    assert cuda["usable"] == (devices > 0 and torch.cuda.is_available())
+    if cuda["usable"]:
+        assert "not_usable_because" not in cuda
+    else:
+        assert cuda["not_usable_because"]
+    if cuda["compiled"] and not devices:
+        assert "no CUDA device or driver" in cuda["not_usable_because"]
+    if torch.version.cuda is None:
+        assert "CPU-only build" in cuda["not_usable_because"]
 
 
 def test_console_module_runs(tmp_path):
@@ -25,9 +53,41 @@ def test_console_module_runs(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "percs", "info"], capture_output=True, text=True, check=True, cwd=tmp_path
     )
-    assert json.loads(out.stdout)["backends"][0] == "cpu"
+    assert json.loads(out.stdout)["backends"]["cpu"]["usable"] is True
 
 
 def test_unknown_command_fails(tmp_path):
     out = subprocess.run([sys.executable, "-m", "percs", "nonsense"], capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 2 and "invalid choice" in out.stderr
+
+
+def test_every_option_of_every_command_has_help():
+    missing = []
+    for path, parser in commands(build_parser()):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                missing += [f"percs {' '.join(path + (c.dest,))}" for c in action._choices_actions if not c.help]
+            elif not action.help or action.help == argparse.SUPPRESS:
+                missing.append(f"percs {' '.join(path)} {'/'.join(action.option_strings) or action.dest}")
+    assert not missing, f"without help: {missing}"
+
+
+def test_mask_suffix_help_has_an_example():
+    parser = dict(commands(build_parser()))[("data", "import", "folder")]
+    action = next(a for a in parser._actions if "--mask-suffix" in a.option_strings)
+    assert "e.g. _masks matches cell01.png with cell01_masks.tif" in action.help
+
+
+def test_parsers_and_help_import_no_heavy_module(tmp_path):
+    # In a fresh interpreter (this one has torch loaded already), the help of every command is printed.
+    paths = [list(path) for path, _ in commands(build_parser())]
+    code = (
+        "import contextlib, io, sys\n"
+        "from percs.cli import main\n"
+        f"for path in {paths!r}:\n"
+        "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "        main([*path, '--help'])\n"
+        f"print(sorted({{h for h in {HEAVY_MODULES!r} for m in sys.modules if m == h or m.startswith(h + '.')}}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
+    assert out.stdout.strip() == "[]", f"imported by building the parser or printing help: {out.stdout}"

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from percs.baselines.common import ImageCache, cosine_similarity
-from percs.evaluate.methods import MethodUnavailable, register_method
+from percs.evaluate.methods import MethodUnavailable
 from percs.flows import renumber
 from percs.metrics import evaluate
 from percs.model.backbone import PATCH_SIZE
@@ -185,23 +185,6 @@ class SimilarityFilter:
         return scores
 
 
-def add_arguments(group: argparse._ArgumentGroup) -> None:
-    group.add_argument("--generic-checkpoint", metavar="FILE",
-                       help="generic masks from a percs train checkpoint trained with model.head.generic=true")
-    group.add_argument("--cellpose-model", metavar="FILE",
-                       help="generic masks from a Cellpose 4 model file (Cellpose-SAM's cpsam); needs cellpose")
-    group.add_argument("--filter-backbone", default="vits14", help="DINOv2 variant of the embeddings (default vits14)")
-    group.add_argument("--filter-backbone-weights", metavar="FILE",
-                       help="its state dict, e.g. ../shared/weights/dinov2_vits14_pretrain.pth (default: the "
-                            "official checkpoint from torch's download cache)")
-    group.add_argument("--filter-threshold", type=float,
-                       help="keep masks with cosine similarity >= this (default: chosen on the val split)")
-    group.add_argument("--filter-val-queries", type=int, default=0, metavar="N",
-                       help="choose the threshold on the first N val queries (default 0: all)")
-
-
-@register_method("filter", "a generic segmenter's masks (--generic-checkpoint or --cellpose-model) kept by DINOv2 "
-                 "similarity to the reference, threshold chosen on val", add_arguments)
 def build_filter(args: argparse.Namespace, dataset=None) -> SimilarityFilter:
     """The filter method on `args.device`; its threshold chosen on `dataset`'s val split unless given."""
     from percs.api import resolve_device

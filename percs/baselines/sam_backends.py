@@ -21,9 +21,8 @@ import torch
 from torch import nn
 
 from percs.baselines.common import INSTALL_HINT, read_state_dict
+from percs.baselines.persam_options import SAM_MODELS
 from percs.evaluate.methods import MethodUnavailable
-
-SAM_MODELS = {"vit_b": 768, "vit_l": 1024, "vit_h": 1280}  # model type -> image encoder width
 
 
 @dataclass

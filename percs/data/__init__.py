@@ -9,10 +9,23 @@
 - `percs.data.dataset`: `TrainDataset`, the torch training Dataset (crops, dynamic pasting, references).
 """
 
-from percs.data.format import (CellType, Dataset, DatasetError, DatasetWriter, ImageRecord, Query, load_dataset,
-                               write_dataset)
-from percs.data.io import DataFileError
-from percs.data.normalize import normalize_image
+import importlib
+
+_EXPORTS = {
+    "percs.data.format": ("CellType", "Dataset", "DatasetError", "DatasetWriter", "ImageRecord", "Query",
+                          "load_dataset", "write_dataset"),
+    "percs.data.io": ("DataFileError",),
+    "percs.data.normalize": ("normalize_image",),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+
+
+def __getattr__(name: str):
+    # Lazy, so that building the `percs data` parser imports neither NumPy nor fastremap.
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module 'percs.data' has no attribute {name!r}")
+    return getattr(importlib.import_module(_MODULE_OF[name]), name)
+
 
 __all__ = ["CellType", "DataFileError", "Dataset", "DatasetError", "DatasetWriter", "ImageRecord", "Query",
            "load_dataset", "normalize_image", "write_dataset"]

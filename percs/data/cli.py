@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from percs.data.format import Dataset, DatasetError
-from percs.data.io import DataFileError
+if TYPE_CHECKING:  # the parsers import no dataset code (NumPy, fastremap): the commands do, when they run
+    from percs.data.format import Dataset
 
 
 def parse_pairs(text: str, what: str) -> dict[str, str]:
@@ -47,6 +48,8 @@ def _options(args):
 
 def cmd_import(args: argparse.Namespace) -> int:
     from percs.data import importers
+    from percs.data.format import DatasetError
+    from percs.data.io import DataFileError
     from percs.data.pannuke import import_pannuke
 
     try:
@@ -74,6 +77,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_synthetic(args: argparse.Namespace) -> int:
+    from percs.data.format import DatasetError
     from percs.data.synthetic import write_synthetic_dataset
 
     try:
@@ -92,6 +96,8 @@ def _names(text: str | None) -> tuple[str, ...]:
 
 def cmd_build(args: argparse.Namespace) -> int:
     from percs.data.build import BuildConfig, build_benchmark
+    from percs.data.format import DatasetError
+    from percs.data.io import DataFileError
     from percs.data.stats import format_stats
 
     novel = "all" if args.novel_types == "all" else _names(args.novel_types)
@@ -109,7 +115,8 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    from percs.data.format import load_dataset
+    from percs.data.format import DatasetError, load_dataset
+    from percs.data.io import DataFileError
     from percs.data.stats import format_stats
 
     try:
@@ -143,10 +150,11 @@ def _add_build(sub) -> None:
                    help="where fixed references come from (default: another image of the type where one exists)")
     p.add_argument("--group-pattern", metavar="REGEX",
                    help="images whose names give the same first regex group (e.g. a tile) share a split")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the novel-type draw, splits, mixed images and references (default 0)")
     p.set_defaults(func=cmd_build)
     p = sub.add_parser("stats", help="images, cells, types and queries per split of a dataset")
-    p.add_argument("dataset", type=Path)
+    p.add_argument("dataset", type=Path, help="a percs dataset or benchmark folder")
     p.add_argument("--no-verify", dest="verify", action="store_false", help="skip the sha256 checks")
     p.set_defaults(func=cmd_stats)
 
@@ -163,30 +171,38 @@ def _add_import(sub) -> None:
     p = sub.add_parser("import", help="import a dataset in a public layout into the percs format")
     formats = p.add_subparsers(dest="format", required=True)
     q = formats.add_parser("cellpose", help="ROOT[/split]/<type>/<n>_img.<ext> + <n>_masks.<ext>")
-    q.add_argument("root", type=Path)
+    q.add_argument("root", type=Path,
+                   help="folder of [split/]<type>/ folders of images and masks (or of the files, with --type)")
     q.add_argument("--type", help="cell type when ROOT holds the images directly")
-    q.add_argument("--img-filter", default="_img")
-    q.add_argument("--mask-filter", default="_masks")
+    q.add_argument("--img-filter", default="_img", help="end of an image's name before its suffix (default _img)")
+    q.add_argument("--mask-filter", default="_masks",
+                   help="end of a mask's name replacing --img-filter (default _masks: 001_img.png -> 001_masks.png)")
     q = formats.add_parser("folder", help="an image folder and a mask folder matched by name")
-    q.add_argument("images", type=Path)
-    q.add_argument("masks", type=Path)
+    q.add_argument("images", type=Path, help="folder of the images (PNG, JPEG, TIFF)")
+    q.add_argument("masks", type=Path, help="folder of the label images (PNG, TIFF, NPY, MAT)")
     kind = q.add_mutually_exclusive_group(required=True)
     kind.add_argument("--type", help="one cell type for every image")
     kind.add_argument("--type-table", type=Path, help="CSV or JSON: cell type per image")
     q.add_argument("--name-column", default="image", help="table column/key of the image name (default image)")
     q.add_argument("--type-column", default="type", help="table column/key of the cell type (default type)")
-    q.add_argument("--mask-suffix", default="", help="mask name = image name + this, before the suffix")
-    q.add_argument("--split", choices=("train", "val", "test", "novel"))
+    q.add_argument("--mask-suffix", default="",
+                   help="mask name = image name + this, before the file suffix (e.g. _masks matches cell01.png "
+                        "with cell01_masks.tif; default: the same name)")
+    q.add_argument("--split", choices=("train", "val", "test", "novel"), help="split of every image (default none)")
     q = formats.add_parser("typemap", help="instance maps + per-pixel type maps or a per-instance table")
-    q.add_argument("root", type=Path)
-    q.add_argument("--images-dir", default="images")
-    q.add_argument("--instances-dir", default="inst")
-    q.add_argument("--type-maps-dir", default="typemap")
+    q.add_argument("root", type=Path, help="folder of the layout's folders, or of split folders (train/, test/) "
+                                          "holding them")
+    q.add_argument("--images-dir", default="images", help="images folder under ROOT[/split] (default images)")
+    q.add_argument("--instances-dir", default="inst",
+                   help="instance maps folder under ROOT[/split], named as the images (default inst)")
+    q.add_argument("--type-maps-dir", default="typemap",
+                   help="per-pixel type maps folder under ROOT[/split] (default typemap)")
     q.add_argument("--type-table", type=Path, help="CSV (image,label,type) or JSON {image: {label: class}}")
     q.add_argument("--class-names", default="", metavar="ID=NAME[,...]", help="e.g. 1=other,2=inflammatory")
     q = formats.add_parser("pannuke", help="PanNuke folds: ROOT/Fold k/{images,masks}/foldk/*.npy")
-    q.add_argument("root", type=Path)
-    q.add_argument("--fold-splits", default="1=train,2=train,3=test", metavar="FOLD=SPLIT[,...]")
+    q.add_argument("root", type=Path, help="folder of the fold folders ('Fold 1', ...), or one fold folder")
+    q.add_argument("--fold-splits", default="1=train,2=train,3=test", metavar="FOLD=SPLIT[,...]",
+                   help="split of each fold (default 1=train,2=train,3=test)")
     for parser in formats.choices.values():
         _common(parser)
     p.set_defaults(func=cmd_import)
@@ -200,10 +216,10 @@ def add_data_commands(commands) -> None:
     _add_import(sub)
     _add_build(sub)
     p = sub.add_parser("synthetic", help="write a synthetic dataset (five cell types, two modality groups)")
-    p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--name", default="synthetic")
-    p.add_argument("--images-per-type", type=int, default=2)
-    p.add_argument("--mixed-images", type=int, default=2)
-    p.add_argument("--size", type=int, default=256, help="image height and width")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, type=Path, help="new dataset folder (must not exist or be empty)")
+    p.add_argument("--name", default="synthetic", help="dataset name (default synthetic)")
+    p.add_argument("--images-per-type", type=int, default=2, help="one-type images per cell type (default 2)")
+    p.add_argument("--mixed-images", type=int, default=2, help="images holding several types (default 2)")
+    p.add_argument("--size", type=int, default=256, help="image height and width in pixels (default 256)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the images (default 0)")
     p.set_defaults(func=cmd_synthetic)

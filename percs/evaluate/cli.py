@@ -104,7 +104,7 @@ def _add_eval(sub) -> None:
     p.add_argument("--control-seed", type=int, default=0, help="seed of the control's choices (default 0)")
     p.add_argument("--bootstrap", type=int, default=1000, metavar="N",
                    help="bootstrap resamples of the images for the 95%% intervals (default 1000)")
-    p.add_argument("--bootstrap-seed", type=int, default=0)
+    p.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap resamples (default 0)")
     p.add_argument("--every", type=int, default=1, metavar="K",
                    help="run every K-th query of the split (default 1: all); for methods too slow for a whole "
                         "split, marked in metrics.json and the table's row")

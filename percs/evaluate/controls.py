@@ -18,12 +18,12 @@ recorded in metrics.json).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from percs.data.cells import cell_table, median_area_label
-from percs.data.format import Dataset, ImageRecord, Query
+if TYPE_CHECKING:  # the `percs eval` parser reads CONTROLS: no SciPy or dataset code at import
+    from percs.data.format import Dataset, ImageRecord, Query
 
 CONTROLS = ("wrong-reference",)
 
@@ -71,6 +71,8 @@ class _Chooser:
         return Reference(record.name, self._median_cell(record, cell_type))
 
     def _median_cell(self, record: ImageRecord, cell_type: str) -> int:
+        from percs.data.cells import cell_table, median_area_label
+
         table = cell_table(self.read_labels(record.name))
         of_type = np.isin(table.labels, record.labels_of_type(cell_type))
         chosen = of_type & table.whole if (of_type & table.whole).any() else of_type

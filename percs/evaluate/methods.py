@@ -19,9 +19,10 @@ from __future__ import annotations
 import argparse
 import importlib
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 
 class MethodUnavailable(RuntimeError):
@@ -46,7 +47,7 @@ class MethodEntry:
 METHODS: dict[str, MethodEntry] = {}
 
 # Modules that register methods when imported (kept lazy: baselines pull optional packages only in their factory).
-METHOD_MODULES = ("percs.evaluate.percs_method", "percs.baselines.persam", "percs.baselines.filter")
+METHOD_MODULES = ("percs.evaluate.percs_method", "percs.baselines.persam_options", "percs.baselines.filter_options")
 
 
 def register_method(name: str, help: str, add_arguments=None):
@@ -59,6 +60,16 @@ def register_method(name: str, help: str, add_arguments=None):
         return factory
 
     return decorate
+
+
+def deferred(module: str, function: str) -> Callable[[argparse.Namespace, object], Method]:
+    """A factory `(args, dataset) -> Method` that imports `module` (torch, the model) only when called."""
+
+    def factory(args: argparse.Namespace, dataset: object) -> Method:
+        return getattr(importlib.import_module(module), function)(args, dataset)
+
+    factory.__qualname__ = f"{module}.{function}"
+    return factory
 
 
 def available_methods() -> dict[str, MethodEntry]:
