@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from percs import _cpu
+import percs
+
+try:
+    from percs import _cpu
+except ImportError as error:
+    raise ImportError(
+        f"percs' compiled kernels (percs._cpu) cannot be imported from {', '.join(percs.__path__)} ({error}). "
+        "Build and install them with `pip install .` (or `pip install \".[test]\"` to run the tests). If percs "
+        "is installed, run `pytest` rather than `python -m pytest` from the repository root: `python -m` puts "
+        "the working directory first on sys.path, so its uncompiled percs/ folder shadows the installed package."
+    ) from error
 
 try:
     from percs import _cuda

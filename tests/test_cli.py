@@ -1,9 +1,11 @@
-"""The command line: `percs info`, help for every option, parsers that load no heavy module."""
+"""The command line: `percs info`, help for every option, parsers that load no heavy module, the error of an
+uncompiled source tree."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -91,3 +93,17 @@ def test_parsers_and_help_import_no_heavy_module(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
     assert out.stdout.strip() == "[]", f"imported by building the parser or printing help: {out.stdout}"
+
+
+def test_uncompiled_source_tree_says_how_to_build(tmp_path):
+    # A copy of the Python files without the compiled modules, imported as `python -m pytest` from the
+    # repository root would import it; -S: no site-packages, so no installed (or editable) percs either.
+    source = Path(__file__).resolve().parents[1] / "percs"
+    shutil.copytree(source, tmp_path / "percs", ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__"))
+    out = subprocess.run([sys.executable, "-S", "-c", "import percs._backend"], capture_output=True, text=True,
+                         cwd=tmp_path)
+    assert out.returncode != 0
+    message = out.stderr.strip().splitlines()[-1]
+    assert message.startswith("ImportError: percs' compiled kernels (percs._cpu) cannot be imported from")
+    assert str(tmp_path / "percs") in message
+    assert "`pip install .`" in message and "`pytest` rather than `python -m pytest`" in message
