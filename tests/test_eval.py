@@ -23,6 +23,7 @@ from percs.data.io import read_label_file, sha256
 from percs.evaluate.runner import EvalConfig, EvalError, run_eval, split_queries, true_labels_of
 from percs.evaluate.summary import BootstrapConfig
 from percs.evaluate.table import render_table
+from percs.overlay import FALSE_POSITIVE_COLOUR, MATCHED_COLOUR, MISSED_COLOUR, REFERENCE_COLOUR
 from real_subsets import build_subset_benchmark, import_consep_subset
 from train_helpers import make_benchmark, tiny_config
 
@@ -69,6 +70,29 @@ def test_oracle_scores_one_and_writes_its_predictions(dataset, tmp_path):
     assert sorted(p.name for p in (tmp_path / "out" / "worst").glob("*.png")) == ["01-q0000.png", "02-q0001.png"]
     assert "| oracle (true cells of the reference's type) | 0.5 | 1.000 [1.000, 1.000] |" in \
         (tmp_path / "out" / "table.md").read_text()
+
+
+def worst_picture_colours(path: Path, height: int) -> tuple[set, set]:
+    """The match colours found in a worst-query PNG above its legend strip (rows from `height` on), and those
+    found in the strip."""
+    from PIL import Image
+
+    picture = np.asarray(Image.open(path))
+    colours = (MATCHED_COLOUR, FALSE_POSITIVE_COLOUR, MISSED_COLOUR, REFERENCE_COLOUR)
+    found = [{c for c in colours if (part == c).all(-1).any()} for part in (picture[:height], picture[height:])]
+    return found[0], found[1]
+
+
+def test_worst_pictures_colour_the_matches_and_carry_the_legend(dataset, tmp_path):
+    height = dataset.images[0].shape[0]
+    run_eval(OracleMethod(dataset), dataset, tmp_path / "oracle", FAST)
+    above, strip = worst_picture_colours(tmp_path / "oracle" / "worst" / "01-q0000.png", height)
+    assert MATCHED_COLOUR in above and not {FALSE_POSITIVE_COLOUR, MISSED_COLOUR} & above
+    assert strip == {MATCHED_COLOUR, FALSE_POSITIVE_COLOUR, MISSED_COLOUR, REFERENCE_COLOUR}
+    run_eval(EmptyMethod(), dataset, tmp_path / "empty", FAST)
+    above, strip = worst_picture_colours(tmp_path / "empty" / "worst" / "01-q0000.png", height)
+    assert MISSED_COLOUR in above and not {MATCHED_COLOUR, FALSE_POSITIVE_COLOUR} & above and len(strip) == 4
+    assert "Green: true positives" in (tmp_path / "empty" / "worst" / "index.md").read_text()
 
 
 def test_empty_method_scores_zero(dataset, tmp_path):

@@ -1,8 +1,9 @@
 """Pictures of the worst queries of an evaluation (lowest AP@0.5, ties by run order): OUT/worst/.
 
-Each `RR-qNNNN.png` (rank RR, query NNNN of metrics.json) shows the query image with the true cells of the
-target type, the prediction and, when the reference is in the same image, the reference cell (colours of
-`percs.overlay`); a reference from another image is a second panel on the right. `index.md` lists them.
+Each `RR-qNNNN.png` (rank RR, query NNNN of metrics.json) shows the query image with the prediction matched
+against the true cells of the target type at IoU > 0.5 (true positives, false positives, missed cells) and, when
+the reference is in the same image, the reference cell (`percs.overlay.draw_matches`); a reference from another
+image is a second panel on the right; a legend strip runs under both. `index.md` lists them.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import numpy as np
 
 from percs.data.format import Dataset
 from percs.data.io import read_label_file
-from percs.evaluate.summary import THRESHOLDS
-from percs.overlay import draw_overlay, save_png
+from percs.evaluate.summary import IOU_RULE, THRESHOLDS
+from percs.overlay import add_legend, draw_matches, draw_overlay, match_legend, save_png
 
 GAP = 8  # white pixels between panels
 
@@ -27,7 +28,8 @@ def worst_indices(records, count: int, threshold: float = 0.5) -> list[int]:
 
 
 def query_picture(dataset: Dataset, record, images, predicted: np.ndarray) -> np.ndarray:
-    """(H, W', 3) uint8: the query overlay, and the reference panel when the reference is another image."""
+    """(H', W', 3) uint8: the query overlay, the reference panel when the reference is another image, and
+    the legend under them."""
     from percs.evaluate.runner import true_labels_of
 
     query, reference = record.query, record.reference
@@ -35,12 +37,12 @@ def query_picture(dataset: Dataset, record, images, predicted: np.ndarray) -> np
     reference_image, reference_labels = images(reference.image)
     reference_mask = reference_labels == reference.label
     same = reference.image == query.image
-    panels = [draw_overlay(image, predicted, true_labels=true_labels_of(dataset, query, labels),
-                           reference_mask=reference_mask if same else None)]
+    panels = [draw_matches(image, predicted, true_labels_of(dataset, query, labels),
+                           reference_mask=reference_mask if same else None, threshold=0.5, iou_rule=IOU_RULE)]
     if not same:
         panels.append(draw_overlay(reference_image, np.zeros(reference_mask.shape, np.int32),
                                    reference_mask=reference_mask))
-    return side_by_side(panels)
+    return add_legend(side_by_side(panels), match_legend(0.5, IOU_RULE))
 
 
 def side_by_side(panels: list[np.ndarray]) -> np.ndarray:
@@ -59,8 +61,9 @@ def write_worst(out: Path, dataset: Dataset, records, images, count: int) -> Non
     """OUT/worst/RR-qNNNN.png for the `count` worst queries and OUT/worst/index.md describing them."""
     folder = out / "worst"
     folder.mkdir(exist_ok=True)
-    lines = ["Worst queries by AP@0.5. Blue: true cells of the target type; yellow: prediction; magenta: the "
-             "reference cell (right panel when it is in another image).", ""]
+    lines = ["Worst queries by AP@0.5. Green: true positives (predicted cells matched at IoU > 0.5); orange-red: "
+             "false positives; blue: missed true cells of the target type; magenta: the reference cell (right "
+             "panel when it is in another image).", ""]
     k = THRESHOLDS.index(0.5)
     for rank, index in enumerate(worst_indices(records, count), start=1):
         record = records[index]
