@@ -20,8 +20,14 @@ import numpy as np
 import torch
 
 from percs.flows import renumber
+from percs.model.backbone import PATCH_SIZE
 from percs.model.percs_dino import PerCSDino
 from percs.predict import Predictor, PredictorConfig
+
+# The smallest image side accepted: one backbone patch. Images smaller than a window are zero-padded to one
+# (percs.predict), which is exact (the stitched fields are cut back to the image), but below one patch the
+# image is less than a single token of what the backbone sees: such an image is refused, not padded.
+MIN_IMAGE_SIDE = PATCH_SIZE
 
 
 class ModelLoadError(ValueError):
@@ -32,7 +38,10 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     """"auto" / None: CUDA when available, else the CPU; anything else as torch.device takes it."""
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"device {device!r} is not a device: expected auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device is {device}, but CUDA is not available on this machine")
     return device
@@ -51,6 +60,7 @@ def load_model(checkpoint: str | Path, device: str | torch.device | None = "auto
     from percs.train.setup import build_model
 
     path = Path(checkpoint)
+    device = resolve_device(device)  # a bad device is refused before the checkpoint is read
     state = load_checkpoint(path)
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise ModelLoadError(f"checkpoint {path} is not a percs training checkpoint (no 'model' and 'config')")
@@ -97,14 +107,26 @@ class SegmentationResult:
     flows: np.ndarray
 
 
-def image_shape(image) -> tuple[int, int]:
-    """(H, W) of an image as the predictor takes it: a NumPy (H, W) / (H, W, C) array or a (3, H, W) tensor."""
+def image_shape(image, name: str = "image") -> tuple[int, int]:
+    """(H, W) of an image as the predictor takes it: a NumPy (H, W) / (H, W, C) array or a (3, H, W) tensor,
+    at least MIN_IMAGE_SIDE pixels tall and wide. ValueError naming the argument `name` otherwise."""
     if isinstance(image, torch.Tensor) and image.ndim == 3:
-        return tuple(image.shape[1:])
-    if isinstance(image, np.ndarray) and image.ndim in (2, 3):
-        return image.shape[:2]
-    raise ValueError(f"reference_image has shape {tuple(getattr(image, 'shape', ()))}, expected a NumPy "
-                     "(H, W) or (H, W, C) array or a normalised (3, H, W) tensor")
+        shape = tuple(image.shape[1:])
+    elif isinstance(image, np.ndarray) and image.ndim in (2, 3):
+        shape = image.shape[:2]
+    else:
+        raise ValueError(f"{name} has shape {tuple(getattr(image, 'shape', ()))}, expected a NumPy "
+                         "(H, W) or (H, W, C) array or a normalised (3, H, W) tensor")
+    check_image_size(shape, name)
+    return shape
+
+
+def check_image_size(shape: tuple[int, int], name: str = "image") -> None:
+    """ValueError naming `name` when an (H, W) image is less than MIN_IMAGE_SIDE pixels tall or wide."""
+    if min(shape) < MIN_IMAGE_SIDE:
+        raise ValueError(f"{name} is {shape[0]} x {shape[1]} pixels (height x width), expected at least "
+                         f"{MIN_IMAGE_SIDE} x {MIN_IMAGE_SIDE} (one backbone patch; smaller than a window is "
+                         "zero-padded to one)")
 
 
 def reference_cell_mask(shape: tuple[int, int], reference_mask=None, labels=None, label: int | None = None):
@@ -141,6 +163,12 @@ def reference_cell_mask(shape: tuple[int, int], reference_mask=None, labels=None
     return mask
 
 
+def check_min_cell_probability(min_cell_probability: float | None) -> None:
+    """ValueError unless min_cell_probability is None or a number in [0, 1]."""
+    if min_cell_probability is not None and not 0.0 <= float(min_cell_probability) <= 1.0:
+        raise ValueError(f"min_cell_probability must be in [0, 1], got {min_cell_probability!r}")
+
+
 class Segmenter:
     """A model and its predictor settings, for segmenting many images with one reference cell.
 
@@ -153,8 +181,7 @@ class Segmenter:
                  min_cell_probability: float | None = None):
         if predict is not None and not isinstance(predict, PredictorConfig):
             raise TypeError(f"predict must be a PredictorConfig, got {type(predict).__name__}")
-        if min_cell_probability is not None and not 0.0 <= float(min_cell_probability) <= 1.0:
-            raise ValueError(f"min_cell_probability must be in [0, 1], got {min_cell_probability!r}")
+        check_min_cell_probability(min_cell_probability)
         self.predictor = Predictor(model, predict or PredictorConfig())
         self.min_cell_probability = None if min_cell_probability is None else float(min_cell_probability)
 
@@ -164,12 +191,16 @@ class Segmenter:
                         min_cell_probability: float | None = None) -> "Segmenter":
         """Loads a `percs train` checkpoint once (`load_model`: checksum verified). predict: a PredictorConfig,
         or a dict of overrides of the checkpoint's own `predict` section (the settings its validation used),
-        or None for that section as it is."""
-        model, config = load_model(checkpoint, device)
+        or None for that section as it is. The arguments are checked before the checkpoint is read."""
         if isinstance(predict, Mapping):
             unknown = sorted(set(predict) - {f.name for f in dataclasses.fields(PredictorConfig)})
             if unknown:
                 raise ValueError(f"predict has unknown keys {unknown}")
+        elif predict is not None and not isinstance(predict, PredictorConfig):
+            raise TypeError(f"predict must be a PredictorConfig or a dict, got {type(predict).__name__}")
+        check_min_cell_probability(min_cell_probability)
+        model, config = load_model(checkpoint, device)
+        if isinstance(predict, Mapping):
             predict = dataclasses.replace(config.predict, **predict)
         return cls(model, config.predict if predict is None else predict, min_cell_probability)
 
@@ -185,7 +216,7 @@ class Segmenter:
     def reference(self, reference_image, reference_mask=None, *, labels=None, label: int | None = None) -> Reference:
         """The reference cell of reference_image ((H, W) / (H, W, C) array, or normalised (3, H, W) tensor),
         given as a binary (H, W) reference_mask, or as an (H, W) label image `labels` and a label id `label`."""
-        mask = reference_cell_mask(image_shape(reference_image), reference_mask, labels, label)
+        mask = reference_cell_mask(image_shape(reference_image, "reference_image"), reference_mask, labels, label)
         if self.generic:
             return Reference(None, mask)
         return Reference(self.predictor.embed_reference(reference_image, mask), mask)
@@ -197,6 +228,7 @@ class Segmenter:
             raise TypeError(f"reference must be a Reference from Segmenter.reference, got {type(reference).__name__}")
         if reference is None and not self.generic:
             raise ValueError("reference is None, but the model is not generic: make one with segmenter.reference")
+        image_shape(image, "image")
         prediction = self.predictor.predict(image, None if reference is None else reference.embedding)
         result = SegmentationResult(
             labels=prediction.labels.cpu().numpy().astype(np.int32, copy=False),

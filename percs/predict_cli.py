@@ -4,29 +4,87 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    """Exit status 2 when an input (or the checkpoint) is refused, before the model is loaded and anything is
+    written; 1 when some images failed while being segmented; 0 otherwise."""
     from percs.api import Segmenter
-    from percs.predict_files import find_images, plan_outputs, read_reference, segment_files
+    from percs.predict_files import segment_files
     from percs.train.checkpoint import CheckpointError
 
-    try:  # every input is checked before the model is loaded and anything is written
-        images = find_images(args.images, out=args.out)
-        reference_image, reference_mask = read_reference(args.reference_image, args.reference_mask,
-                                                         args.reference_label)
-        jobs = plan_outputs(images, args.reference_image, args.out, overwrite=args.overwrite)
+    try:
+        reference_image, reference_mask, jobs = _checked_inputs(args)
+    except _InputError as error:
+        _print_errors(error.lines)
+        return 2
+    try:
         segmenter = Segmenter.from_checkpoint(args.checkpoint, args.device,
                                               min_cell_probability=args.min_cell_probability)
+    except (CheckpointError, ValueError, OSError) as error:
+        _print_errors([str(error)])
+        return 2
+    try:
         failures = segment_files(segmenter, reference_image, reference_mask, jobs, args.out,
                                  progress=not args.no_progress)
-    except (CheckpointError, ValueError, OSError) as error:
-        print(f"percs predict: error: {error}", file=sys.stderr)
+    except (ValueError, OSError) as error:
+        _print_errors([str(error)])
         return 1
-    for failure in failures:
-        print(f"percs predict: error: {failure}", file=sys.stderr)
+    _print_errors(failures)
     print(f"segmented {len(jobs) - len(failures)} of {len(jobs)} images into {args.out}")
     return 1 if failures else 0
+
+
+class _InputError(Exception):
+    """Inputs refused before the model loads: one message per problem, each naming the argument and file."""
+
+    def __init__(self, lines: list[str]):
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+def _print_errors(messages) -> None:
+    for message in messages:
+        print("percs predict: error: " + " ".join(str(message).splitlines()), file=sys.stderr)
+
+
+def _checked_inputs(args: argparse.Namespace):
+    """(reference image, reference mask (H, W) bool, image jobs) once every input passed its checks: the
+    options, the checkpoint file, the reference, every image read whole, the outputs. _InputError otherwise."""
+    from percs.api import resolve_device
+    from percs.data.io import DataFileError, check_file
+    from percs.predict_files import check_images, find_images, plan_outputs, read_reference
+
+    options = {Path(args.checkpoint): "--checkpoint", Path(args.reference_image): "--reference-image",
+               Path(args.reference_mask): "--reference-mask"}
+
+    def named(error: Exception) -> str:  # a file's problem, led by the argument that gave the file
+        if isinstance(error, DataFileError):
+            return f"{options.get(error.path, 'IMAGES')} {error}"
+        return str(error)
+
+    if args.min_cell_probability is not None and not 0 <= args.min_cell_probability <= 1:
+        raise _InputError([f"--min-cell-probability must be in [0, 1], got {args.min_cell_probability}"])
+    try:
+        resolve_device(args.device)
+    except ValueError as error:
+        raise _InputError([f"--device: {error}"]) from None
+    try:
+        check_file(args.checkpoint)
+        reference_image, reference_mask = read_reference(args.reference_image, args.reference_mask,
+                                                         args.reference_label)
+        images = find_images(args.images, out=args.out)
+    except ValueError as error:
+        raise _InputError([named(error)]) from None
+    problems = check_images(images)
+    if problems:
+        raise _InputError([f"IMAGES {problem}" for problem in problems])
+    try:
+        jobs = plan_outputs(images, args.reference_image, args.out, overwrite=args.overwrite)
+    except ValueError as error:
+        raise _InputError([str(error)]) from None
+    return reference_image, reference_mask, jobs
 
 
 def add_predict_command(sub) -> None:

@@ -2,6 +2,7 @@
 cell table (what `percs predict` does; each step is callable from Python).
 
     images = find_images(["plates/", "extra.tif"], out="results")
+    problems = check_images(images)                  # every image read once: [] when all can be segmented
     reference_image, reference_mask = read_reference("ref.png", "ref_mask.png")
     jobs = plan_outputs(images, "ref.png", "results")
     segmenter = Segmenter.from_checkpoint("best.pt")
@@ -25,8 +26,9 @@ from typing import Sequence
 
 import numpy as np
 
-from percs.api import SegmentationResult, Segmenter, reference_cell_mask
-from percs.data.io import IMAGE_SUFFIXES, DataFileError, read_image, read_label_file, to_label_image, write_tiff
+from percs.api import SegmentationResult, Segmenter, check_image_size, reference_cell_mask
+from percs.data.io import (IMAGE_SUFFIXES, DataFileError, check_file, read_image, read_label_file, to_label_image,
+                           write_tiff)
 from percs.overlay import draw_overlay, save_png
 
 OUTPUT_SUFFIXES = ("_labels.tif", "_overlay.png", "_cells.csv")
@@ -75,8 +77,9 @@ def find_images(paths: Sequence[str | Path], out: str | Path | None = None) -> l
 
 def read_query_image(path: str | Path) -> np.ndarray:
     """An image file as (H, W) or (H, W, C) with C <= 4 (channels-first TIFFs are moved last), as stored:
-    grey or colour, 8 or 16 bit or float. DataFileError naming the file otherwise."""
-    image = read_image(path)
+    grey or colour, 8 or 16 bit or float (finite), at least `percs.api.MIN_IMAGE_SIDE` pixels tall and wide.
+    DataFileError naming the file otherwise."""
+    image = read_image(check_file(path))
     if image.ndim == 3 and image.shape[-1] > 4 and image.shape[0] <= 4:
         image = np.moveaxis(image, 0, -1)
     if image.ndim == 3 and image.shape[-1] == 1:
@@ -85,7 +88,26 @@ def read_query_image(path: str | Path) -> np.ndarray:
         raise DataFileError(path, f"image has shape {image.shape}, expected (H, W) or (H, W, C) with up to 4 channels")
     if image.dtype.kind not in "biuf":
         raise DataFileError(path, f"image has dtype {image.dtype}, expected integers or floats")
+    if image.dtype.kind == "f" and not np.isfinite(image).all():
+        raise DataFileError(path, "image has NaN or infinite values")
+    try:
+        check_image_size(image.shape[:2])
+    except ValueError as error:
+        raise DataFileError(path, str(error)) from None
     return image
+
+
+def check_images(paths: Sequence[str | Path]) -> list[str]:
+    """One message per image of `paths` that `read_query_image` refuses (unreadable, corrupt, of the wrong
+    shape, dtype or size), naming the file; empty when every image can be segmented. Each image is read whole
+    (and dropped), so that a bad file is found before a model is loaded."""
+    problems = []
+    for path in paths:
+        try:
+            read_query_image(path)
+        except DataFileError as error:
+            problems.append(str(error))
+    return problems
 
 
 def _mask_file_labels(path: Path) -> np.ndarray:
@@ -105,14 +127,20 @@ def read_reference(image_path: str | Path, mask_path: str | Path,
     mask is empty, holds several labels (without `label`), lacks `label`, or differs in size from the image.
     """
     image = read_query_image(image_path)
-    labels = _mask_file_labels(Path(mask_path))
+    labels = _mask_file_labels(check_file(mask_path))
     if labels.shape != image.shape[:2]:
         raise DataFileError(mask_path, f"size {labels.shape} differs from the reference image {image_path}'s "
                                        f"{image.shape[:2]} (height, width)")
+    if not labels.any():
+        raise DataFileError(mask_path, "is empty (every pixel is 0): it marks no reference cell")
     if label is None:
         values = np.unique(labels[labels > 0])
         if len(values) > 1:
             raise DataFileError(mask_path, f"holds {len(values)} labels, not one cell: pick one with --reference-label")
+    elif label <= 0 or not (labels == label).any():
+        ids = np.unique(labels[labels > 0])
+        raise DataFileError(mask_path, f"has no cell labelled {label} (--reference-label): its labels are "
+                                       f"{ids.min()}..{ids.max()} ({len(ids)} cells)")
     try:
         if label is None:
             return image, reference_cell_mask(image.shape[:2], labels > 0)
@@ -169,7 +197,7 @@ def cell_table(labels: np.ndarray, cell_probability: np.ndarray) -> dict[str, np
 def write_cell_table(path: Path, table: dict[str, np.ndarray]) -> None:
     """A `cell_table` as CSV: a header line, then one row per cell (centroids to 1/1000 pixel, score to 1e-6)."""
     with open(path, "w", newline="") as file:
-        writer = csv.writer(file)
+        writer = csv.writer(file, lineterminator="\n")  # the csv module's default is "\r\n"
         writer.writerow(CELL_COLUMNS)
         for i, y, x, a, s in zip(table["id"], table["centroid_y"], table["centroid_x"], table["area"], table["score"]):
             writer.writerow([int(i), int(a), f"{y:.3f}", f"{x:.3f}", f"{s:.6f}"])

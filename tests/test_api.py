@@ -195,9 +195,68 @@ def test_segment_and_constructor_errors():
     with pytest.raises(TypeError, match="reference must be a Reference"):
         segmenter.segment(np.zeros((60, 80), np.uint8), torch.zeros(4))
     reference = segmenter.reference(np.zeros((60, 80), np.uint8), squares() == 1)
-    with pytest.raises(ValueError, match="image has 4 dims"):
+    with pytest.raises(ValueError, match=r"image has shape \(1, 60, 80, 3\)"):
         segmenter.segment(np.zeros((1, 60, 80, 3), np.uint8), reference)
     with pytest.raises(ValueError, match="min_cell_probability must be in"):
         Segmenter(FieldModel(), SMALL, min_cell_probability=1.5)
     with pytest.raises(ValueError, match="reference_image has shape"):
         segmenter.reference(np.zeros(5), squares() == 1)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (13, 80), (60, 13), (1, 500)])
+def test_images_under_one_patch_are_refused_before_the_model_runs(shape):
+    class Refuse(FieldModel):
+        def embed_reference(self, images, masks):
+            raise AssertionError("the model ran")
+
+        forward = embed_reference
+
+    segmenter = Segmenter(Refuse(), SMALL)
+    reference = Reference(torch.zeros(4), squares() == 1)
+    with pytest.raises(ValueError, match=rf"^image is {shape[0]} x {shape[1]} pixels .* at least 14 x 14"):
+        segmenter.segment(np.zeros(shape, np.uint8), reference)
+    with pytest.raises(ValueError, match=rf"^image is {shape[0]} x {shape[1]} pixels"):
+        segmenter.segment(torch.zeros(3, *shape), reference)
+    with pytest.raises(ValueError, match=rf"^reference_image is {shape[0]} x {shape[1]} pixels"):
+        segmenter.reference(np.zeros(shape, np.uint8), np.ones(shape, bool))
+
+
+def test_images_of_one_patch_are_padded_to_a_window_and_cut_back():
+    """14 x 14 (one patch) and 14 x 70 images, smaller than the 56-pixel window: the field comes back exactly,
+    cells included (the predictor pads with zeros and crops the stitched output). The cells stay under 40% of
+    the image: flows_to_masks drops larger masks (max_size_fraction, of the image, not of the padded window)."""
+    for shape, side in [((14, 14), 6), ((14, 70), 10)]:
+        labels = np.zeros(shape, np.int32)
+        labels[2 : 2 + side, 3 : 3 + side] = 1
+        segmenter = Segmenter(FieldModel(), SMALL)
+        reference = segmenter.reference(np.zeros(shape, np.uint8), labels == 1)
+        result = segmenter.segment(cell_field(labels, {1: 3.0}), reference)
+        assert result.labels.shape == shape
+        np.testing.assert_array_equal(result.labels, labels)
+        np.testing.assert_allclose(result.cell_probability, [expit(3.0)], rtol=1e-6)
+
+
+def test_from_checkpoint_checks_its_arguments_before_reading_the_checkpoint(tmp_path, monkeypatch):
+    import percs.train.checkpoint
+
+    path = write_tiny_checkpoint(tmp_path / "best.pt")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the checkpoint was read")
+
+    monkeypatch.setattr(percs.train.checkpoint, "load_checkpoint", refuse)
+    with pytest.raises(ValueError, match=r"predict has unknown keys \['windows'\]"):
+        Segmenter.from_checkpoint(path, device="cpu", predict={"windows": 3})
+    with pytest.raises(ValueError, match="min_cell_probability must be in"):
+        Segmenter.from_checkpoint(path, device="cpu", min_cell_probability=2)
+    with pytest.raises(ValueError, match="device 'gpu0' is not a device"):
+        Segmenter.from_checkpoint(path, device="gpu0")
+    with pytest.raises(TypeError, match="predict must be a PredictorConfig or a dict"):
+        Segmenter.from_checkpoint(path, device="cpu", predict=3)
+
+
+def test_checkpoint_that_is_a_folder_or_missing_is_named(tmp_path):
+    with pytest.raises(CheckpointError, match=f"checkpoint {tmp_path} is not a file"):
+        Segmenter.from_checkpoint(tmp_path, device="cpu")
+    with pytest.raises(CheckpointError, match=f"checkpoint {tmp_path / 'no.pt'} does not exist"):
+        Segmenter.from_checkpoint(tmp_path / "no.pt", device="cpu")

@@ -213,18 +213,44 @@ def test_every_kth_query_is_a_marked_subset(dataset, tmp_path, capsys, monkeypat
     (["--method", "nonesuch"], "--method 'nonesuch' is not one of"),
     (["--method", "percs"], "--checkpoint is required"),
     (["--method", "oracle", "--split", "train"], "--split: split 'train' of dataset 'bench' has no queries"),
-    (["--method", "oracle", "--data", "{tmp}"], "--data"),
+    (["--method", "oracle", "--data", "{tmp}"], "--data {tmp}: {tmp}/manifest.json: no manifest"),
     (["--method", "oracle", "--out", "{bench}"], "--out"),
+    (["--method", "percs", "--checkpoint", "{tmp}/no.pt"], "--checkpoint {tmp}/no.pt: does not exist"),
+    (["--method", "percs", "--checkpoint", "{tmp}"], "--checkpoint {tmp}: is not a file"),
+    (["--method", "percs", "--checkpoint", "{tmp}/ck.pt", "--data", "{tmp}"], "--data {tmp}"),
+    (["--method", "percs", "--checkpoint", "{tmp}/ck.pt", "--split", "train"], "--split: split 'train'"),
+    (["--method", "percs", "--checkpoint", "{tmp}/ck.pt", "--out", "{bench}"], "--out"),
+    (["--method", "percs", "--checkpoint", "{tmp}/ck.pt", "--min-cell-probability", "2"], "--min-cell-probability"),
+    (["--method", "percs", "--checkpoint", "{tmp}/ck.pt", "--device", "gpu0"], "device 'gpu0' is not a device"),
 ])
 def test_cli_errors_name_the_argument(bench, tmp_path, monkeypatch, capsys, argv, message):
+    """One line on stderr, exit status 2, and no model loaded (ck.pt is a placeholder that is never read)."""
+    import percs.api
+
+    def refuse(checkpoint, device="auto"):
+        raise AssertionError(f"the model was loaded from {checkpoint} although an input is bad")
+
+    monkeypatch.setattr(percs.api, "load_model", refuse)
+    (tmp_path / "ck.pt").write_bytes(b"")
     register_test_methods(monkeypatch)
     argv = [a.format(tmp=tmp_path, bench=bench) for a in argv]
     defaults = {"--data": str(bench), "--out": str(tmp_path / "out")}
     argv += [item for key, value in defaults.items() if key not in argv for item in (key, value)]
-    assert main(["eval", *argv, "--no-progress"]) == 1
+    assert main(["eval", *argv, "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert message in err and "Traceback" not in err, err
+    assert err.startswith("percs eval: error: ") and err.count("\n") == 1, err
+    assert message.format(tmp=tmp_path) in err and "Traceback" not in err, err
     assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_cli_corrupt_checkpoint_is_one_line(bench, tmp_path, capsys):
+    (tmp_path / "ck.pt").write_bytes(b"not a checkpoint")
+    argv = ["eval", "--method", "percs", "--checkpoint", str(tmp_path / "ck.pt"), "--data", str(bench),
+            "--out", str(tmp_path / "out"), "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == f"percs eval: error: checkpoint {tmp_path / 'ck.pt'} is not a percs checkpoint (no checksum header)\n"
+    assert not (tmp_path / "out").exists()
 
 
 def test_cli_runs_a_registered_method(bench, tmp_path, monkeypatch, capsys):

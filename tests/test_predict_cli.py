@@ -36,7 +36,9 @@ def cells():
 
 @pytest.fixture
 def threshold_model(monkeypatch, tmp_path):
-    """`load_model` replaced by ThresholdModel under one 112-pixel window: bright blobs become cells."""
+    """`load_model` replaced by ThresholdModel under one 112-pixel window: bright blobs become cells (ck.pt, a
+    placeholder file, is never read)."""
+    (tmp_path / "ck.pt").write_bytes(b"")
     config = checkpoint_config(tmp_path, window=SIZE, stride=SIZE)
     monkeypatch.setattr(percs.api, "load_model", lambda checkpoint, device="auto": (ThresholdModel(), config))
     return Segmenter(ThresholdModel(), config.predict)
@@ -160,7 +162,7 @@ def test_reference_by_label_id_outlines_that_cell(tmp_path, cells, threshold_mod
 
 def test_folder_that_is_also_out_skips_its_outputs(tmp_path, cells, threshold_model):
     write_inputs(tmp_path, cells)
-    argv = ["predict", "--checkpoint", "x.pt", "--reference-image", str(tmp_path / "images" / "a.tif"),
+    argv = ["predict", "--checkpoint", str(tmp_path / "ck.pt"), "--reference-image", str(tmp_path / "images" / "a.tif"),
             "--reference-mask", str(tmp_path / "mask.png"), "--out", str(tmp_path / "images"), "--no-progress",
             "--overwrite", str(tmp_path / "images")]
     assert main(argv) == 0 and main(argv) == 0
@@ -169,43 +171,139 @@ def test_folder_that_is_also_out_skips_its_outputs(tmp_path, cells, threshold_mo
                                                        for x in ("_labels.tif", "_overlay.png", "_cells.csv")])
 
 
-def expect_error(capsys, code: int, *fragments: str) -> None:
+@pytest.fixture
+def no_model(monkeypatch, tmp_path):
+    """`load_model` replaced by one that fails the test: the inputs must be refused before a model loads (ck.pt,
+    a placeholder file, is never read)."""
+    (tmp_path / "ck.pt").write_bytes(b"")
+
+    def refuse(checkpoint, device="auto"):
+        raise AssertionError(f"the model was loaded from {checkpoint} although an input is bad")
+
+    monkeypatch.setattr(percs.api, "load_model", refuse)
+
+
+def expect_error(capsys, code: int, *fragments: str, status: int = 2, lines: int = 1) -> None:
+    """Exit status `status`, `lines` lines on stderr (one per problem), each "percs predict: error: ...", no
+    traceback, and every fragment in them."""
     captured = capsys.readouterr()
-    assert code == 1, captured
+    assert code == status, captured
+    err = captured.err.splitlines()
+    assert len(err) == lines and all(line.startswith("percs predict: error: ") for line in err), captured.err
     assert "Traceback" not in captured.err
     for fragment in fragments:
         assert fragment in captured.err, (fragment, captured.err)
 
 
-def test_reference_errors_name_the_mask_file(tmp_path, cells, threshold_model, capsys):
+def test_reference_errors_name_the_argument_and_file(tmp_path, cells, no_model, capsys):
     write_inputs(tmp_path, cells)
     mask = tmp_path / "mask.png"
     Image.fromarray(np.zeros((SIZE, SIZE), np.uint8)).save(tmp_path / "empty.png")
-    expect_error(capsys, run_predict(tmp_path, mask="empty.png"), f"{tmp_path / 'empty.png'}: reference_mask is empty")
+    expect_error(capsys, run_predict(tmp_path, mask="empty.png"), f"--reference-mask {tmp_path / 'empty.png'}: is empty")
     Image.fromarray(np.ones((50, 60), np.uint8)).save(tmp_path / "small.png")
-    expect_error(capsys, run_predict(tmp_path, mask="small.png"), f"{tmp_path / 'small.png'}: size (50, 60) differs",
-                 str(tmp_path / "images" / "a.tif"))
+    expect_error(capsys, run_predict(tmp_path, mask="small.png"),
+                 f"--reference-mask {tmp_path / 'small.png'}: size (50, 60) differs", str(tmp_path / "images" / "a.tif"))
     tifffile.imwrite(tmp_path / "labels.tif", cells.labels.astype(np.uint16))
     expect_error(capsys, run_predict(tmp_path, "--reference-label", "999", mask="labels.tif"),
-                 f"{tmp_path / 'labels.tif'}: label 999 is not a cell")
-    expect_error(capsys, run_predict(tmp_path, mask="labels.tif"), f"{tmp_path / 'labels.tif'}: holds",
+                 f"--reference-mask {tmp_path / 'labels.tif'}: has no cell labelled 999 (--reference-label)")
+    expect_error(capsys, run_predict(tmp_path, "--reference-label", "0", mask="labels.tif"), "no cell labelled 0")
+    expect_error(capsys, run_predict(tmp_path, mask="labels.tif"), f"--reference-mask {tmp_path / 'labels.tif'}: holds",
                  "--reference-label")
-    expect_error(capsys, run_predict(tmp_path, reference="nothere.png"), "nothere.png")
+    expect_error(capsys, run_predict(tmp_path, mask="nothere.png"), f"--reference-mask {tmp_path / 'nothere.png'}: "
+                                                                    "does not exist")
+    expect_error(capsys, run_predict(tmp_path, mask="images"), f"--reference-mask {tmp_path / 'images'}: is not a file")
+    expect_error(capsys, run_predict(tmp_path, reference="nothere.png"),
+                 f"--reference-image {tmp_path / 'nothere.png'}: does not exist")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    expect_error(capsys, run_predict(tmp_path, reference="broken.png"),
+                 f"--reference-image {tmp_path / 'broken.png'}: cannot read image")
     assert mask.is_file() and not (tmp_path / "out").exists()  # nothing written before the inputs were checked
 
 
-def test_image_errors_name_the_file(tmp_path, cells, threshold_model, capsys):
+def test_image_errors_name_the_file(tmp_path, cells, no_model, capsys):
     write_inputs(tmp_path, cells)
     expect_error(capsys, run_predict(tmp_path, images=("images", "missing.tif")),
-                 f"{tmp_path / 'missing.tif'}: does not exist")
+                 f"IMAGES {tmp_path / 'missing.tif'}: does not exist")
     (tmp_path / "empty").mkdir()
     expect_error(capsys, run_predict(tmp_path, images=("empty",)), "no images found", str(tmp_path / "empty"))
     (tmp_path / "notes.txt").write_text("x")
     expect_error(capsys, run_predict(tmp_path, images=("notes.txt",)), "notes.txt: unsupported image suffix")
+    assert not (tmp_path / "out").exists()
+
+
+def test_corrupt_images_are_refused_before_the_model_loads(tmp_path, cells, no_model, capsys):
+    write_inputs(tmp_path, cells)
     (tmp_path / "images" / "broken.png").write_bytes(b"\x89PNG not really")
-    code = run_predict(tmp_path)
-    expect_error(capsys, code, f"{tmp_path / 'images' / 'broken.png'}: cannot read image")
-    assert (tmp_path / "out" / "b_labels.tif").is_file()  # the other images were still segmented
+    expect_error(capsys, run_predict(tmp_path), f"IMAGES {tmp_path / 'images' / 'broken.png'}: cannot read image")
+    tifffile.imwrite(tmp_path / "images" / "c.tif", cells.image)
+    with open(tmp_path / "images" / "c.tif", "r+b") as file:
+        file.truncate(200)  # a TIFF cut short: its header is fine, its pixels are missing
+    tifffile.imwrite(tmp_path / "images" / "nan.tif", np.full((SIZE, SIZE), np.nan, np.float32))
+    expect_error(capsys, run_predict(tmp_path), "broken.png: cannot read image", "c.tif: cannot read image",
+                 "nan.tif: image has NaN", lines=3)  # one line per bad image, all of them
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="needs file permissions that bind (not root)")
+def test_unreadable_files_are_named(tmp_path, cells, no_model, capsys):
+    write_inputs(tmp_path, cells)
+    for path in (tmp_path / "images" / "b.png", tmp_path / "mask.png"):
+        path.chmod(0)
+    expect_error(capsys, run_predict(tmp_path), f"--reference-mask {tmp_path / 'mask.png'}: cannot be read")
+    (tmp_path / "mask.png").chmod(0o644)
+    expect_error(capsys, run_predict(tmp_path), f"IMAGES {tmp_path / 'images' / 'b.png'}: cannot be read")
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (13, 40), (40, 13)])
+def test_images_under_one_patch_are_refused(tmp_path, cells, no_model, capsys, shape):
+    write_inputs(tmp_path, cells)
+    Image.fromarray(np.full(shape, 200, np.uint8)).save(tmp_path / "images" / "tiny.png")
+    expect_error(capsys, run_predict(tmp_path),
+                 f"IMAGES {tmp_path / 'images' / 'tiny.png'}: image is {shape[0]} x {shape[1]} pixels",
+                 "at least 14 x 14")
+    tiny_mask = np.zeros(shape, np.uint8)
+    tiny_mask[0, 0] = 1
+    Image.fromarray(tiny_mask).save(tmp_path / "tiny_mask.png")
+    expect_error(capsys, run_predict(tmp_path, reference="images/tiny.png", mask="tiny_mask.png",
+                                     images=("images/a.tif",)), f"--reference-image {tmp_path / 'images' / 'tiny.png'}: image is")
+    assert not (tmp_path / "out").exists()
+
+
+def test_images_smaller_than_a_window_are_padded(tmp_path, cells, threshold_model):
+    """14 x 14 (one patch) and 30 x 50 crops, under the 112-pixel window, give the labels the predictor gives
+    them (padded to a window and cut back), of their own shape."""
+    write_inputs(tmp_path, cells)
+    (tmp_path / "small").mkdir()
+    crops = {"patch": cells.image[:14, :14], "crop": cells.image[20:50, 10:60]}
+    for stem, crop in crops.items():
+        Image.fromarray(np.ascontiguousarray(crop)).save(tmp_path / "small" / f"{stem}.png")
+    assert run_predict(tmp_path, images=("small",)) == 0
+    reference = threshold_model.reference(cells.image, cells.labels == 1)
+    for stem, crop in crops.items():
+        labels = tifffile.imread(tmp_path / "out" / f"{stem}_labels.tif")
+        assert labels.shape == crop.shape
+        np.testing.assert_array_equal(labels, threshold_model.segment(crop, reference).labels)
+    assert tifffile.imread(tmp_path / "out" / "crop_labels.tif").max() > 0
+
+
+def test_option_errors_are_refused_before_the_model_loads(tmp_path, cells, no_model, capsys):
+    write_inputs(tmp_path, cells)
+    expect_error(capsys, run_predict(tmp_path, "--min-cell-probability", "1.5"),
+                 "--min-cell-probability must be in [0, 1], got 1.5")
+    expect_error(capsys, run_predict(tmp_path, "--device", "gpu0"), "--device: device 'gpu0' is not a device")
+    (tmp_path / "ck.pt").unlink()
+    expect_error(capsys, run_predict(tmp_path), f"--checkpoint {tmp_path / 'ck.pt'}: does not exist")
+    (tmp_path / "ck.pt").mkdir()
+    expect_error(capsys, run_predict(tmp_path), f"--checkpoint {tmp_path / 'ck.pt'}: is not a file")
+    assert not (tmp_path / "out").exists()
+
+
+def test_cells_csv_has_unix_line_endings(tmp_path, cells, threshold_model):
+    write_inputs(tmp_path, cells)
+    assert run_predict(tmp_path, images=("images/a.tif",)) == 0
+    data = (tmp_path / "out" / "a_cells.csv").read_bytes()
+    assert b"\r" not in data and data.endswith(b"\n")
+    assert data.count(b"\n") == 1 + tifffile.imread(tmp_path / "out" / "a_labels.tif").max() > 1
 
 
 def test_output_collisions(tmp_path, cells, threshold_model, capsys):
@@ -219,7 +317,7 @@ def test_output_collisions(tmp_path, cells, threshold_model, capsys):
     expect_error(capsys, run_predict(tmp_path, images=("images",)), "exists", "--overwrite")
     assert run_predict(tmp_path, "--overwrite", images=("images",)) == 0
     (tmp_path / "file").write_text("")
-    code = main(["predict", "--checkpoint", "x.pt", "--reference-image", str(tmp_path / "images" / "a.tif"),
+    code = main(["predict", "--checkpoint", str(tmp_path / "ck.pt"), "--reference-image", str(tmp_path / "images" / "a.tif"),
                  "--reference-mask", str(tmp_path / "mask.png"), "--out", str(tmp_path / "file"),
                  str(tmp_path / "images")])
     expect_error(capsys, code, f"--out {tmp_path / 'file'} exists and is not a folder")
@@ -227,7 +325,9 @@ def test_output_collisions(tmp_path, cells, threshold_model, capsys):
 
 def test_checkpoint_errors(tmp_path, cells, capsys):
     write_inputs(tmp_path, cells)
-    expect_error(capsys, run_predict(tmp_path), f"checkpoint {tmp_path / 'ck.pt'} does not exist")
+    expect_error(capsys, run_predict(tmp_path), f"--checkpoint {tmp_path / 'ck.pt'}: does not exist")
+    (tmp_path / "ck.pt").write_bytes(b"not a checkpoint")
+    expect_error(capsys, run_predict(tmp_path), f"checkpoint {tmp_path / 'ck.pt'} is not a percs checkpoint")
     path = write_tiny_checkpoint(tmp_path / "ck.pt")
     data = bytearray(path.read_bytes())
     data[-100] ^= 0x10

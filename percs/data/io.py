@@ -77,6 +77,22 @@ def _image_reader(path: Path, suffix: str) -> np.ndarray:
     return _read_pil(path, as_image=True)
 
 
+def check_file(path: Path | str) -> Path:
+    """path as a Path, after checking that it is a file that can be opened for reading; DataFileError naming
+    it otherwise (does not exist, is not a file, cannot be read)."""
+    path = Path(path)
+    if not path.exists():
+        raise DataFileError(path, "does not exist")
+    if not path.is_file():
+        raise DataFileError(path, "is not a file")
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as error:
+        raise DataFileError(path, f"cannot be read ({error.strerror or error})") from None
+    return path
+
+
 def read_image(path: Path | str) -> np.ndarray:
     """The pixels of a PNG, JPEG or TIFF file: (H, W), (H, W, C) or, for TIFF stacks, more dims.
 

@@ -18,16 +18,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from percs.evaluate.table import ordinal
     from percs.train.checkpoint import CheckpointError
 
-    try:
+    try:  # every input (options, checkpoint file, dataset, split, out) is checked before a model is loaded
         entry, dataset = _method_and_dataset(args)
         bootstrap = BootstrapConfig(resamples=args.bootstrap, seed=args.bootstrap_seed)
         config = EvalConfig(args.split, args.control, args.control_seed, bootstrap, args.worst, args.progress,
                             args.every)
         _check_split_and_out(dataset, args)
         method = entry.factory(args, dataset)
-    except (_Failure, ValueError, MethodUnavailable, CheckpointError) as error:
-        print(f"percs eval: error: {error}", file=sys.stderr)
-        return 1
+    except (_Failure, ValueError, OSError, MethodUnavailable, CheckpointError) as error:
+        print("percs eval: error: " + " ".join(str(error).splitlines()), file=sys.stderr)
+        return 2
     try:
         metrics = run_eval(method, dataset, args.out, config, method_key=args.method)
     except EvalError as error:  # anything else is a bug in a method or in percs: keep its traceback
@@ -45,13 +45,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def _method_and_dataset(args: argparse.Namespace):
     from percs.data.format import load_dataset
-    from percs.data.io import DataFileError
+    from percs.data.io import DataFileError, check_file
     from percs.evaluate.methods import get_method
 
     entry = get_method(args.method)
+    if getattr(args, "checkpoint", None):  # a method's model file: checked before the (slower) dataset
+        try:
+            check_file(args.checkpoint)
+        except DataFileError as error:
+            raise _Failure(f"--checkpoint {error}") from None
     try:
         dataset = load_dataset(args.data, verify=args.verify)
-    except (DataFileError, ValueError) as error:
+    except (DataFileError, ValueError, OSError) as error:
         raise _Failure(f"--data {args.data}: {error}") from None
     return entry, dataset
 

@@ -65,14 +65,18 @@ def method_name(model_config, generic: bool) -> str:
                  add_arguments)
 def build_percs_method(args: argparse.Namespace, dataset) -> PercsMethod:
     """The method of `args.checkpoint` on `args.device`, predictor settings overridden by the options."""
-    from percs.api import Segmenter, load_model
+    from percs.api import Segmenter, load_model, resolve_device
     from percs.data.io import sha256
 
     if not getattr(args, "checkpoint", None):
         raise ValueError("--checkpoint is required for --method percs (a percs train best.pt or last.pt)")
     if not 0 <= args.min_cell_probability <= 1:
         raise ValueError(f"--min-cell-probability must be in [0, 1], got {args.min_cell_probability}")
-    model, config = load_model(args.checkpoint, getattr(args, "device", "auto"))
+    try:
+        device = resolve_device(getattr(args, "device", "auto"))
+    except ValueError as error:
+        raise ValueError(f"--device: {error}") from None
+    model, config = load_model(args.checkpoint, device)
     overrides = {key: getattr(args, option[2:].replace("-", "_")) for option, (key, _, _) in PREDICTOR_OPTIONS.items()}
     predictor_config = dataclasses.replace(config.predict, **{k: v for k, v in overrides.items() if v is not None})
     settings = {"checkpoint": str(args.checkpoint), "checkpoint_sha256": sha256(args.checkpoint),

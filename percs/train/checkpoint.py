@@ -45,8 +45,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     """The state dict saved by `save_checkpoint`, after checking its digest (CheckpointError otherwise)."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    data = path.read_bytes()
+        raise CheckpointError(f"checkpoint {path} " + ("is not a file" if path.exists() else "does not exist"))
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise CheckpointError(f"checkpoint {path} cannot be read ({error.strerror or error})") from None
     header, payload = data[:HEADER_SIZE], data[HEADER_SIZE:]
     if not header.startswith(MAGIC) or not header.endswith(b"\n"):
         raise CheckpointError(f"checkpoint {path} is not a percs checkpoint (no checksum header)")
