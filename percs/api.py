@@ -23,6 +23,7 @@ from percs.flows import renumber
 from percs.model.backbone import PATCH_SIZE
 from percs.model.percs_dino import PerCSDino
 from percs.predict import Predictor, PredictorConfig
+from percs.train.provenance import UNKNOWN, TrainingData
 
 # The smallest image side accepted: one backbone patch. Images smaller than a window are zero-padded to one
 # (percs.predict), which is exact (the stitched fields are cut back to the image), but below one patch the
@@ -54,6 +55,8 @@ def load_model(checkpoint: str | Path, device: str | torch.device | None = "auto
     The file's SHA-256 is checked (`percs.train.CheckpointError` when missing or corrupt); a file that is not a
     percs training checkpoint, or whose weights do not fit the model its config describes, raises
     ModelLoadError naming the file. No backbone weight file is read: the checkpoint holds the whole model.
+    The model's `trained_on` attribute is the checkpoint's `percs.train.provenance.TrainingData` (UNKNOWN for
+    checkpoints written before percs recorded it).
     """
     from percs.train.checkpoint import load_checkpoint
     from percs.train.config import config_from_dict
@@ -76,6 +79,10 @@ def load_model(checkpoint: str | Path, device: str | torch.device | None = "auto
         model.load_state_dict(state["model"], strict=True)
     except RuntimeError as error:
         raise ModelLoadError(f"checkpoint {path}: its weights do not fit its config's model: {error}") from None
+    try:
+        model.trained_on = TrainingData.from_record(state.get("trained_on"))
+    except ValueError as error:
+        raise ModelLoadError(f"checkpoint {path} has an unreadable training-data record: {error}") from None
     return model.to(resolve_device(device)).eval(), config
 
 
@@ -207,6 +214,13 @@ class Segmenter:
     @property
     def model(self) -> torch.nn.Module:
         return self.predictor.model
+
+    @property
+    def trained_on(self) -> TrainingData:
+        """What the model was trained on (dataset, its train split's cell types, synthetic or not); UNKNOWN for
+        a model without the record (an old checkpoint, or a model not loaded from a checkpoint)."""
+        record = getattr(self.model, "trained_on", UNKNOWN)
+        return record if isinstance(record, TrainingData) else UNKNOWN
 
     @property
     def generic(self) -> bool:

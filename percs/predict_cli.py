@@ -25,9 +25,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     except (CheckpointError, ValueError, OSError) as error:
         _print_errors([str(error)])
         return 2
+    print(segmenter.trained_on.summary())
+    if segmenter.trained_on.synthetic:
+        _warn("the model was trained on synthetic cells (percs.data.synthetic, as the demo's): it is unlikely "
+              "to work on real images")
     try:
         failures = segment_files(segmenter, reference_image, reference_mask, jobs, args.out,
-                                 progress=not args.no_progress)
+                                 progress=not args.no_progress, warn=_warn)
     except (ValueError, OSError) as error:
         _print_errors([str(error)])
         return 1
@@ -42,6 +46,13 @@ class _InputError(Exception):
     def __init__(self, lines: list[str]):
         super().__init__("\n".join(lines))
         self.lines = lines
+
+
+def _warn(message: str) -> None:
+    """One warning line on stderr, written past a running progress bar."""
+    from tqdm import tqdm
+
+    tqdm.write(f"percs predict: warning: {message}", file=sys.stderr)
 
 
 def _print_errors(messages) -> None:

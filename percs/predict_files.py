@@ -9,10 +9,10 @@ cell table (what `percs predict` does; each step is callable from Python).
     failures = segment_files(segmenter, reference_image, reference_mask, jobs, "results")
 
 Outputs in the out folder, for an image `<stem>.<ext>`: `<stem>_labels.tif` (int32 labels, 0 background),
-`<stem>_overlay.png` (found cells outlined; the reference cell too when the image is the reference image) and
-`<stem>_cells.csv` (id, area in pixels, centroid_y, centroid_x in pixels, score = the cell's mean same-type
-probability); once, `reference_overlay.png` (the reference cell on its image) when an image is not the
-reference image.
+`<stem>_overlay.png` (found cells outlined; the reference cell too when the image is the reference image; a
+legend strip under the image) and `<stem>_cells.csv` (id, area in pixels, centroid_y, centroid_x in pixels,
+score = the cell's mean same-type probability); once, `reference_overlay.png` (the reference cell on its image)
+when an image is not the reference image. An image with fewer than FEW_CELLS cells found is warned about.
 """
 
 from __future__ import annotations
@@ -20,20 +20,26 @@ from __future__ import annotations
 import csv
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from percs.api import SegmentationResult, Segmenter, check_image_size, reference_cell_mask
 from percs.data.io import (IMAGE_SUFFIXES, DataFileError, check_file, read_image, read_label_file, to_label_image,
                            write_tiff)
-from percs.overlay import draw_overlay, save_png
+from percs.overlay import FOUND_LEGEND, REFERENCE_COLOUR, add_legend, draw_overlay, save_png
 
 OUTPUT_SUFFIXES = ("_labels.tif", "_overlay.png", "_cells.csv")
 REFERENCE_OVERLAY = "reference_overlay.png"
 CELL_COLUMNS = ("id", "area", "centroid_y", "centroid_x", "score")
+FEW_CELLS = 3  # fewer cells than this in an image is "very few": segment_files warns
+
+
+class FewCellsWarning(UserWarning):
+    """An image in which no cell, or fewer than FEW_CELLS, of the reference's type were found."""
 
 
 @dataclass(frozen=True)
@@ -208,16 +214,29 @@ def write_outputs(out: Path, stem: str, image: np.ndarray, result: SegmentationR
     """The three outputs of one image (see the module docstring); reference_mask (H, W) bool is outlined
     in the overlay when given (the image is the reference image)."""
     write_tiff(out / f"{stem}_labels.tif", result.labels.astype(np.int32, copy=False))
-    save_png(out / f"{stem}_overlay.png", draw_overlay(image, result.labels, reference_mask=reference_mask))
+    overlay = draw_overlay(image, result.labels, reference_mask=reference_mask)
+    save_png(out / f"{stem}_overlay.png", add_legend(overlay, FOUND_LEGEND))
     write_cell_table(out / f"{stem}_cells.csv", cell_table(result.labels, result.cell_probability))
 
 
+def few_cells_message(path: str | Path, n_cells: int) -> str | None:
+    """The warning for an image in which n_cells were found: None from FEW_CELLS cells on."""
+    if n_cells >= FEW_CELLS:
+        return None
+    found = "no cell found" if n_cells == 0 else f"only {n_cells} cell{'s' * (n_cells > 1)} found"
+    return (f"{path}: {found} (fewer than {FEW_CELLS}): the image may hold no cell of the reference's type, or the "
+            "model may not know this kind of image (see what it was trained on)")
+
+
 def segment_files(segmenter: Segmenter, reference_image: np.ndarray, reference_mask: np.ndarray,
-                  jobs: Sequence[ImageJob], out: str | Path, progress: bool = True) -> list[str]:
+                  jobs: Sequence[ImageJob], out: str | Path, progress: bool = True,
+                  warn: Callable[[str], None] | None = None) -> list[str]:
     """Segments every job's image with the reference cell and writes its outputs into `out` (created).
 
     A bad image does not stop the others: the returned list holds one message per image that failed, naming
     the file and the problem (empty when all succeeded). progress: a tqdm bar over the images on stderr.
+    warn: called with `few_cells_message` for each image with fewer than FEW_CELLS cells (default: a
+    FewCellsWarning through the warnings module).
     """
     from tqdm import tqdm
 
@@ -226,15 +245,23 @@ def segment_files(segmenter: Segmenter, reference_image: np.ndarray, reference_m
     reference = segmenter.reference(reference_image, reference_mask)
     if not all(job.is_reference for job in jobs):
         blank = np.zeros(reference_mask.shape, np.int32)
-        save_png(out / REFERENCE_OVERLAY, draw_overlay(reference_image, blank, reference_mask=reference_mask))
+        picture = draw_overlay(reference_image, blank, reference_mask=reference_mask)
+        save_png(out / REFERENCE_OVERLAY, add_legend(picture, (("reference", REFERENCE_COLOUR),)))
     failures = []
     for job in tqdm(jobs, desc="percs predict", unit="image", disable=not progress, file=sys.stderr):
         try:
             image = read_query_image(job.path)
             result = segmenter.segment(image, reference)
             write_outputs(out, job.stem, image, result, reference_mask if job.is_reference else None)
+            message = few_cells_message(job.path, int(result.labels.max(initial=0)))
+            if message is not None:
+                (warn or _warn)(message)
         except DataFileError as error:
             failures.append(str(error))
         except (ValueError, OSError) as error:
             failures.append(f"{job.path}: {error}")
     return failures
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, FewCellsWarning, stacklevel=3)

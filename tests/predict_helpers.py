@@ -72,10 +72,14 @@ def checkpoint_config(folder: Path, generic: bool = False, **predict):
                        predict={"window": 56, "stride": 42, "niter": 50, **predict})
 
 
-def write_tiny_checkpoint(path: Path, generic: bool = False, **predict) -> Path:
-    """A `percs train`-style checkpoint of a random model of `checkpoint_config(path.parent, ...)` (seed 0)."""
+def write_tiny_checkpoint(path: Path, generic: bool = False, trained_on: dict | None = None, **predict) -> Path:
+    """A `percs train`-style checkpoint of a random model of `checkpoint_config(path.parent, ...)` (seed 0);
+    without trained_on (a `TrainingData.to_record()`), as checkpoints were before percs recorded it."""
     config = checkpoint_config(path.parent, generic, **predict)
     torch.manual_seed(0)
     model = build_model(config.model)
-    save_checkpoint({"format": 1, "config": config_to_dict(config), "model": model.state_dict()}, path)
+    state = {"format": 1, "config": config_to_dict(config), "model": model.state_dict()}
+    if trained_on is not None:
+        state["trained_on"] = trained_on
+    save_checkpoint(state, path)
     return path

@@ -19,8 +19,9 @@ from percs.api import Segmenter
 from percs.cli import main
 from percs.data.synthetic import synthetic_image
 from percs.metrics import evaluate
-from percs.overlay import PREDICTED_COLOUR, REFERENCE_COLOUR
-from percs.predict_files import cell_table, read_query_image
+from percs.overlay import PREDICTED_COLOUR, REFERENCE_COLOUR, add_legend, draw_overlay
+from percs.predict_files import (FEW_CELLS, FewCellsWarning, cell_table, few_cells_message, plan_outputs,
+                                 read_query_image, segment_files)
 
 SIZE = 112
 
@@ -64,6 +65,12 @@ def read_cells_csv(path) -> list[dict[str, str]]:
         return list(csv.DictReader(file))
 
 
+def read_overlay(path, height: int = SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """An overlay PNG split into the picture (its first `height` rows) and the legend strip under it."""
+    overlay = np.asarray(Image.open(path))
+    return overlay[:height], overlay[height:]
+
+
 def test_cli_end_to_end_with_a_checkpoint(tmp_path, cells):
     write_tiny_checkpoint(tmp_path / "ck.pt")
     write_inputs(tmp_path, cells)
@@ -73,14 +80,15 @@ def test_cli_end_to_end_with_a_checkpoint(tmp_path, cells):
     done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "segmented 2 of 2 images" in done.stdout and "percs predict" in done.stderr  # the progress bar
+    assert done.stdout.startswith("model trained on unknown data")  # a checkpoint without the record
     for stem in ("a", "b"):
         labels = tifffile.imread(tmp_path / "out" / f"{stem}_labels.tif")
         assert labels.dtype == np.int32 and labels.shape == (SIZE, SIZE)
-        overlay = np.asarray(Image.open(tmp_path / "out" / f"{stem}_overlay.png"))
-        assert overlay.dtype == np.uint8 and overlay.shape == (SIZE, SIZE, 3)
+        overlay, strip = read_overlay(tmp_path / "out" / f"{stem}_overlay.png")
+        assert overlay.dtype == np.uint8 and overlay.shape == (SIZE, SIZE, 3) and strip.shape[1] == SIZE
         rows = read_cells_csv(tmp_path / "out" / f"{stem}_cells.csv")
         assert len(rows) == labels.max() and set(np.unique(labels)) == set(range(labels.max() + 1))
-    outlined = [(np.asarray(Image.open(tmp_path / "out" / f"{s}_overlay.png")) == REFERENCE_COLOUR).all(-1).sum()
+    outlined = [(read_overlay(tmp_path / "out" / f"{s}_overlay.png")[0] == REFERENCE_COLOUR).all(-1).sum()
                 for s in ("a", "b", "reference")]
     assert outlined[0] > 0 and outlined[1] == 0 and outlined[2] == outlined[0]  # a is the reference image
 
@@ -100,9 +108,15 @@ def test_cells_found_and_their_table(tmp_path, cells, threshold_model):
         assert float(row["centroid_y"]) == pytest.approx(ys.mean(), abs=1e-3)
         assert float(row["centroid_x"]) == pytest.approx(xs.mean(), abs=1e-3)
         assert float(row["score"]) == pytest.approx(expected.cell_probability[int(row["id"]) - 1], abs=1e-6)
-    overlay = np.asarray(Image.open(tmp_path / "out" / "b_overlay.png"))
+    overlay, strip = read_overlay(tmp_path / "out" / "b_overlay.png")
     assert (overlay == PREDICTED_COLOUR).all(-1).sum() > 0 and not (overlay == REFERENCE_COLOUR).all(-1).any()
-    assert (tmp_path / "out" / "reference_overlay.png").is_file()
+    np.testing.assert_array_equal(overlay, draw_overlay(cells.image, labels))  # the legend leaves the picture as is
+    assert np.array_equal(np.concatenate((overlay, strip)), add_legend(overlay, (("found cell", PREDICTED_COLOUR),
+                                                                                 ("reference", REFERENCE_COLOUR))))
+    for colour in (PREDICTED_COLOUR, REFERENCE_COLOUR):  # the legend's swatches, 8 x 8 inside their border
+        assert (strip == colour).all(-1).sum() >= 64, colour
+    _, strip = read_overlay(tmp_path / "out" / "reference_overlay.png")
+    assert (strip == REFERENCE_COLOUR).all(-1).sum() >= 64 and not (strip == PREDICTED_COLOUR).all(-1).any()
 
 
 def test_min_cell_probability_drops_rows(tmp_path, cells, threshold_model):
@@ -154,7 +168,7 @@ def test_reference_by_label_id_outlines_that_cell(tmp_path, cells, threshold_mod
     write_inputs(tmp_path, cells)
     tifffile.imwrite(tmp_path / "labels.tif", cells.labels.astype(np.uint16))
     assert run_predict(tmp_path, "--reference-label", "5", mask="labels.tif", images=("images/a.tif",)) == 0
-    overlay = np.asarray(Image.open(tmp_path / "out" / "a_overlay.png"))
+    overlay = read_overlay(tmp_path / "out" / "a_overlay.png")[0]
     ys, xs = np.nonzero((overlay == REFERENCE_COLOUR).all(-1))
     assert len(ys) > 0 and (cells.labels[ys, xs] == 5).all()
     assert not (tmp_path / "out" / "reference_overlay.png").exists()  # the only image is the reference image
@@ -355,3 +369,31 @@ def test_read_query_image_layouts(tmp_path):
     tifffile.imwrite(tmp_path / "stack.tif", np.zeros((10, 20, 30), np.uint8))
     with pytest.raises(ValueError, match=r"stack.tif: image has shape \(10, 20, 30\)"):
         read_query_image(tmp_path / "stack.tif")
+
+
+def test_warns_when_an_image_has_no_cell_or_very_few(tmp_path, cells, threshold_model, capsys):
+    write_inputs(tmp_path, cells)
+    (tmp_path / "few").mkdir()
+    Image.fromarray(np.zeros((SIZE, SIZE), np.uint8)).save(tmp_path / "few" / "none.png")
+    two = np.zeros((SIZE, SIZE), np.uint8)
+    two[10:22, 10:22] = two[60:74, 70:84] = 200
+    Image.fromarray(two).save(tmp_path / "few" / "two.png")
+    assert run_predict(tmp_path, images=("few", "images/b.png")) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("model trained on unknown data")  # ThresholdModel has no record
+    assert tifffile.imread(tmp_path / "out" / "two_labels.tif").max() == 2
+    advice = "(fewer than 3): the image may hold no cell of the reference's type, or the model may not know"
+    warnings = captured.err.splitlines()
+    assert len(warnings) == 2 and all(line.startswith("percs predict: warning: ") for line in warnings), warnings
+    assert f"{tmp_path / 'few' / 'none.png'}: no cell found {advice}" in warnings[0]
+    assert f"{tmp_path / 'few' / 'two.png'}: only 2 cells found {advice}" in warnings[1]
+
+
+def test_segment_files_warns_through_the_warnings_module(tmp_path, cells, threshold_model):
+    write_inputs(tmp_path, cells)
+    Image.fromarray(np.zeros((SIZE, SIZE), np.uint8)).save(tmp_path / "none.png")
+    jobs = plan_outputs([tmp_path / "none.png"], tmp_path / "images" / "a.tif", tmp_path / "out")
+    with pytest.warns(FewCellsWarning, match="none.png: no cell found"):
+        segment_files(threshold_model, cells.image, cells.labels == 1, jobs, tmp_path / "out", progress=False)
+    assert few_cells_message("x.png", FEW_CELLS) is None
+    assert few_cells_message("x.png", 1).startswith("x.png: only 1 cell found (fewer than 3)")

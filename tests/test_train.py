@@ -1,4 +1,5 @@
-"""percs.train: overfitting one image, exact resume, checkpoint checksums, non-finite losses, 2-process DDP.
+"""percs.train: overfitting one image, exact resume, checkpoint checksums and training-data records, the
+console line of each validation, non-finite losses, 2-process DDP.
 
 All runs use `train_helpers.tiny_config`: a one-block 32-wide random backbone and a 32-wide head on 56-pixel
 crops of a synthetic benchmark, on the CPU.
@@ -15,6 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from percs.data.format import MANIFEST, load_dataset
+from percs.data.io import sha256
 from percs.train import CheckpointError, NonFiniteLossError, load_checkpoint, train
 from percs.train.config import write_config
 from percs.train.distributed import init_distributed
@@ -105,6 +108,36 @@ def test_checkpoint_tampering_is_detected(bench, tmp_path):
     (run / "last.pt").write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="last.pt is not a percs checkpoint"):
         train(tiny_config(bench), run, resume=True)
+
+
+def test_checkpoints_record_the_training_data_and_validations_print_their_ap(bench, tmp_path, capsys):
+    config = tiny_config(bench, log={"val_every": 1, "progress": True})  # progress: the console's default report
+    run = train(config, tmp_path).run_dir
+    dataset = load_dataset(bench)
+    types = sorted({t for r in dataset.in_split("train") for t in r.instance_types})
+    for name in ("last.pt", "best.pt"):
+        record = load_checkpoint(run / name)["trained_on"]
+        assert record == {"dataset": "bench", "cell_types": types, "synthetic": True, "split": "train",
+                          "path": str(bench.resolve()), "manifest_sha256": sha256(bench / MANIFEST)}, name
+    assert records(run, "start")[0]["trained_on"] == record
+    validations = records(run, "val")
+    lines = [line for line in capsys.readouterr().out.splitlines() if "val AP@0.5" in line]
+    assert len(lines) == len(validations) == 2
+    for line, val in zip(lines, validations):
+        assert line.startswith(f"epoch {val['epoch'] + 1}/2: val AP@0.5 {val['ap50']:.3f} (AP@0.3 {val['ap30']:.3f}, "
+                               f"1 queries, {val['seconds']:.1f} s); training: about "), line
+    assert validations[0]["eta_s"] > 0 and validations[-1]["eta_s"] == 0
+
+
+def test_report_gets_every_record_and_replaces_the_console(bench, tmp_path, capsys):
+    seen = []
+    train(tiny_config(bench, log={"val_every": 2, "progress": False}), tmp_path / "quiet")
+    train(tiny_config(bench, log={"val_every": 2, "progress": True}), tmp_path / "run", report=seen.append)
+    assert "val AP@0.5" not in capsys.readouterr().out
+    assert [r["event"] for r in seen] == [json.loads(line)["event"]
+                                          for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    epochs = [r for r in seen if r["event"] == "epoch"]
+    assert [r["epochs"] for r in epochs] == [2, 2] and epochs[0]["eta_s"] > 0
 
 
 def test_non_finite_loss_stops_the_run(bench, tmp_path, monkeypatch):

@@ -164,7 +164,8 @@ class TrainSection:
 @dataclass(frozen=True)
 class LogSection:
     """log_every: steps between JSONL step records. val_every: epochs between validations (0: never).
-    checkpoint_every: epochs between checkpoints (the last epoch always writes one). progress: tqdm bar."""
+    checkpoint_every: epochs between checkpoints (the last epoch always writes one). progress: tqdm bar, and a
+    console line per validation (AP@0.5, time left)."""
 
     log_every: int = 10
     val_every: int = 1

@@ -4,7 +4,9 @@ RUN_DIR holds config.json (the resolved config), log.jsonl (one JSON record per 
 and checkpoint), last.pt (written every `log.checkpoint_every` epochs and when the run stops early) and best.pt
 (the checkpoint of the best validation AP@0.5). Checkpoints are written by rank 0 only (see
 percs.train.checkpoint: atomic, SHA-256 checked) and hold the config, model, optimizer, GradScaler, the loop
-position (epoch, batch within the epoch, global step, best AP) and the Python / NumPy / torch RNG states.
+position (epoch, batch within the epoch, global step, best AP), the Python / NumPy / torch RNG states and
+`trained_on`, the record of the training data (percs.train.provenance; the start record of log.jsonl has it too).
+Each log record also goes to a report function: by default (log.progress) a console line per validation.
 
 Resuming continues exactly: every item is a pure function of (seed, epoch, index), the epoch's order of
 items is a pure function of (seed, epoch), the LR a pure function of the epoch, so restoring the state and
@@ -18,6 +20,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -30,6 +33,7 @@ from percs.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, 
 from percs.train.config import TrainConfig, config_from_dict, config_to_dict, write_config
 from percs.train.distributed import DistInfo, barrier, init_distributed, shutdown
 from percs.train.features import FeatureCache, HeadBatch, TrainStep, as_output, head_batch
+from percs.train.provenance import training_data
 from percs.train.setup import build_model, build_optimizer, set_backbone_frozen, set_lr, train_mode
 from percs.train.validate import Validator
 
@@ -60,14 +64,15 @@ class TrainResult:
     run_dir: Path
 
 
-def train(config: TrainConfig, run_dir: str | Path, resume: bool = False,
-          stop_after_steps: int | None = None) -> TrainResult:
+def train(config: TrainConfig, run_dir: str | Path, resume: bool = False, stop_after_steps: int | None = None,
+          report: Callable[[dict], None] | None = None) -> TrainResult:
     """Trains as `config` says into `run_dir`; resume=True continues from run_dir/last.pt (the config stored
     there is used and must equal `config`). stop_after_steps: stop (with a checkpoint) once that many
-    optimizer steps are done in total, as an interrupted run would."""
+    optimizer steps are done in total, as an interrupted run would. report: called (rank 0) with every
+    log.jsonl record as it is written; None: `console_report` when log.progress is on."""
     info = init_distributed(config.train.device)
     try:
-        return Trainer(config, Path(run_dir), info).fit(resume, stop_after_steps)
+        return Trainer(config, Path(run_dir), info, report).fit(resume, stop_after_steps)
     finally:
         shutdown(info)
 
@@ -86,7 +91,8 @@ def resolve_resume_config(config: TrainConfig | None, run_dir: str | Path) -> Tr
 class Trainer:
     """One process's share of a run (see the module docstring)."""
 
-    def __init__(self, config: TrainConfig, run_dir: Path, info: DistInfo):
+    def __init__(self, config: TrainConfig, run_dir: Path, info: DistInfo,
+                 report: Callable[[dict], None] | None = None):
         if not config.data.dataset:
             raise ValueError("data.dataset is not set (the folder of a built percs dataset)")
         self.config, self.run_dir, self.info = config, run_dir, info
@@ -101,6 +107,8 @@ class Trainer:
         self.dataset = load_dataset(config.data.dataset)
         self.train_set = TrainDataset(self.dataset, config.data.train_split, config.data.sampling,
                                       config.train.seed, config.data.items_per_epoch or None)
+        self.trained_on = training_data(self.dataset, config.data.train_split, self.train_set.reference_types)
+        self.report = report if report is not None else (console_report if config.log.progress else None)
         cache = config.train.feature_cache
         self.cached = cache == "on" or (cache == "auto" and self.frozen and info.device.type == "cpu")
         if self.cached and not self.frozen:
@@ -111,6 +119,7 @@ class Trainer:
         step = TrainStep(self.model, self.frozen)
         self.step_module = DistributedDataParallel(step) if info.world_size > 1 else step
         self.last_validation: dict | None = None
+        self.pace = (time.perf_counter(), 0)  # (clock, global step) where this process's pace is measured from
 
     # ---- epoch order ----------------------------------------------------------------------------------
     def shard(self) -> list[int]:
@@ -182,8 +191,10 @@ class Trainer:
                                       self.info.device, progress=main and config.log.progress)
         if resume:
             self.restore(self.run_dir / LAST)
+        self.pace = (time.perf_counter(), self.state.global_step)
         self.log({"event": "start", "resume": resume, "world_size": self.info.world_size, "cached": self.cached,
-                  "device": str(self.info.device), "step": self.state.global_step})
+                  "device": str(self.info.device), "step": self.state.global_step,
+                  "trained_on": self.trained_on.to_record()})
         while self.state.epoch < config.schedule.epochs:
             if self.run_epoch(stop_after_steps):
                 self.end_epoch()
@@ -221,7 +232,8 @@ class Trainer:
         if bar is not None:
             bar.close()
         done = state.batch_in_epoch
-        self.log({"event": "epoch", "epoch": state.epoch, "step": state.global_step, "lr": lr, "batches": done,
+        self.log({"event": "epoch", "epoch": state.epoch, "epochs": config.schedule.epochs, "step": state.global_step,
+                  "lr": lr, "batches": done, "eta_s": self.seconds_left(),
                   **{f"mean_{k}": v / max(done, 1) for k, v in sums.items()}})
         return state.batch_in_epoch >= total
 
@@ -233,8 +245,11 @@ class Trainer:
         improved = False
         if log.val_every and finished % log.val_every == 0 and len(self.validator):
             if self.info.is_main:
+                clock = time.perf_counter()
                 self.last_validation = self.validator.run(self.model)
-                self.log({"event": "val", "epoch": finished - 1, "step": state.global_step, **self.last_validation})
+                self.log({"event": "val", "epoch": finished - 1, "epochs": self.config.schedule.epochs,
+                          "step": state.global_step, **self.last_validation,
+                          "seconds": time.perf_counter() - clock, "eta_s": self.seconds_left()})
                 improved = self.last_validation["ap50"] > state.best_ap
                 if improved:
                     state.best_ap = self.last_validation["ap50"]
@@ -252,6 +267,7 @@ class Trainer:
                 "format": 1, "config": config_to_dict(self.config), "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
                 "loop": vars(self.state).copy(), "rng": rng_state(), "world_size": self.info.world_size,
+                "trained_on": self.trained_on.to_record(),
             }, self.run_dir / name)
             self.log({"event": "checkpoint", "file": name, "epoch": self.state.epoch, "step": self.state.global_step})
         barrier(self.info)
@@ -270,10 +286,23 @@ class Trainer:
         self.state = LoopState(**checkpoint["loop"])
         set_rng_state(checkpoint["rng"])
 
+    def seconds_left(self) -> float | None:
+        """Estimated seconds until the last epoch ends, at this process's mean pace so far (validations
+        included); None before its first step."""
+        clock, first_step = self.pace
+        done = self.state.global_step - first_step
+        if done <= 0:
+            return None
+        remaining = self.config.schedule.epochs * self.steps_per_epoch() - self.state.global_step
+        return max(remaining, 0) * (time.perf_counter() - clock) / done
+
     def log(self, record: dict) -> None:
+        """Appends `record` to log.jsonl and passes it to the report function (rank 0 only)."""
         if self.info.is_main:
             with open(self.run_dir / LOG, "a") as file:
                 file.write(json.dumps(record) + "\n")
+            if self.report is not None:
+                self.report(record)
 
     def progress(self, total: int, initial: int):
         if not (self.info.is_main and self.config.log.progress):
@@ -282,6 +311,26 @@ class Trainer:
 
         return tqdm(total=total, initial=initial, desc=f"epoch {self.state.epoch + 1}/{self.config.schedule.epochs}",
                     unit="step", dynamic_ncols=True)
+
+
+def duration(seconds: float) -> str:
+    """'40 s', '2.5 min' or '1.2 h'."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+def validation_line(record: dict) -> str:
+    """The console line of a log.jsonl "val" record: epoch, AP@0.5 and AP@0.3, queries and seconds."""
+    return (f"epoch {record['epoch'] + 1}/{record['epochs']}: val AP@0.5 {record['ap50']:.3f} "
+            f"(AP@0.3 {record['ap30']:.3f}, {record['queries']} queries, {record['seconds']:.1f} s)")
+
+
+def console_report(record: dict) -> None:
+    """`percs train`'s console: one line per validation with the training time left (stdout)."""
+    if record["event"] == "val":
+        left = "" if record["eta_s"] is None else f"; training: about {duration(record['eta_s'])} left"
+        print(validation_line(record) + left, flush=True)
 
 
 def _flatten(data: dict, prefix: str = "") -> dict:
