@@ -164,7 +164,7 @@ def _bad_folder(tmp_path: Path, case: str) -> str:
 
 @pytest.mark.parametrize("case, message", [
     ("size", r"image is \(12, 16\) but its labels .* are \(12, 15\)"),
-    ("stack", r"image has shape \(2, 3, 12, 16\).*extract one plane"),
+    ("stack", r"image has shape \(2, 3, 12, 16\), a stack of 2 planes \(axes ZCYX, guessed.*--plane mid\|max\|N"),
     ("colour_labels", "labels have shape .* expected a 2-D"),
     ("binary", "binary mask"),
     ("negative", "negative values"),

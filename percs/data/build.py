@@ -11,13 +11,19 @@ the rule of percs.data.queries. Distractor types stay in the images but are neve
 
 Images are named `<source dataset name>/<image name>`, variants `<...>/mix<k>`. Images that are not changed are
 copied byte for byte. Everything random follows from `seed` and the image names, so a build is reproducible
-and one image's variants do not depend on the others.
+and one image's variants do not depend on the others. An image's group is the one its importer recorded
+(`--group-pattern` at import, per source), else `group_pattern` applied to its benchmark name, else the image.
+Images without cells (imported with keep_empty) are split like the others and get no query.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
+import shutil
+import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -25,7 +31,8 @@ from typing import Sequence
 import numpy as np
 
 from percs.data.cells import cell_table
-from percs.data.format import MANIFEST, Dataset, DatasetWriter, ImageRecord, canonical_labels, load_dataset
+from percs.data.format import (MANIFEST, Dataset, DatasetError, DatasetWriter, DataWarning, ImageRecord,
+                               canonical_labels, load_dataset)
 from percs.data.mixing import LoadedImage, make_variant, whole_cells_by_type
 from percs.data.queries import REFERENCE_RULES, EvalImage, make_queries
 from percs.data.split import SplitInput, choose_novel_types, group_of, plan_splits, stable_seed
@@ -42,7 +49,8 @@ class BuildConfig:
     novel_count types are drawn with the seed. paste_ratio: pasted cells per own cell of an evaluation image;
     variants: mixed versions per evaluation image (0: keep the images as they are); gap: background pixels
     kept between a pasted cell and any other. group_pattern: a regex whose first group names the group of an
-    image (images of one group share a split; references come from another group).
+    image (images of one group share a split; references come from another group), for the images whose
+    source has no groups of its own (see the module docstring).
     """
 
     protocol: str = "auto"
@@ -99,11 +107,19 @@ def load_sources(paths: Sequence[Path | str]) -> tuple[list[Dataset], dict[str, 
     return datasets, modality
 
 
-def build_benchmark(sources: Sequence[Path | str], out: Path | str, config: BuildConfig = BuildConfig()) -> Dataset:
-    """Builds a benchmark from imported datasets into `out` (must not exist or be empty); returns it."""
+def build_benchmark(sources: Sequence[Path | str], out: Path | str, config: BuildConfig = BuildConfig(),
+                    progress: bool = False, overwrite: bool = False) -> Dataset:
+    """Builds a benchmark from imported datasets into `out`; returns it.
+
+    out must not exist or be empty, unless `overwrite`: then an existing percs dataset folder there (one with a
+    manifest, and not one of the sources) is replaced once the new benchmark is complete. progress: tqdm bars
+    on stderr. Warns (DataWarning) when types of the unspecified modality group are pasted into each other.
+    """
     config.check()
+    out = Path(out)
+    building = _building_folder(out, sources, overwrite)
     datasets, modality = load_sources(sources)
-    images = [SourceImage(f"{d.name}/{r.name}", d, r, group_of(f"{d.name}/{r.name}", config.group_pattern))
+    images = [SourceImage(f"{d.name}/{r.name}", d, r, source_group(d, r, config.group_pattern))
               for d in datasets for r in d.images]
     protocol = _protocol(config, images)
     unknown = sorted(set(config.distractor_types) - set(modality))
@@ -116,16 +132,59 @@ def build_benchmark(sources: Sequence[Path | str], out: Path | str, config: Buil
     plan = plan_splits([SplitInput(im.name, frozenset(im.record.instance_types), im.record.split, im.group)
                         for im in images], novel, protocol == "percs", config.test_fraction, config.val_fraction,
                        config.seed)
+    _warn_unspecified(protocol, config, used, modality)
     meta = {"builder": "percs data build", "protocol": protocol, "config": _config_json(config),
             "sources": [_source_meta(p, d) for p, d in zip(sources, datasets)], "novel_types": list(novel),
             "distractor_types": sorted(config.distractor_types), "excluded": list(plan.excluded)}
-    with DatasetWriter(out, config.name or Path(out).resolve().name, meta) as writer:
+    with DatasetWriter(building, config.name or out.resolve().name, meta) as writer:
         for t in used:
             writer.add_cell_type(t, modality[t])
-        evaluation = _write_images(writer, images, plan.splits, protocol, modality, config)
+        evaluation = _write_images(writer, images, plan.splits, protocol, modality, config, progress)
         for query in make_queries(evaluation, config.distractor_types, config.reference):
             writer.add_query(query)
-        return writer.close()
+        dataset = writer.close()
+    if building == out:
+        return dataset
+    shutil.rmtree(out)
+    building.rename(out)
+    return dataclasses.replace(dataset, root=out)
+
+
+def source_group(dataset: Dataset, record: ImageRecord, pattern: str | None) -> str:
+    """The group of a source image in the benchmark: `<source name>/<group>` from its importer's meta["group"],
+    else `pattern` on its benchmark name (percs.data.split.group_of)."""
+    if "group" in record.meta:
+        return f"{dataset.name}/{record.meta['group']}"
+    return group_of(f"{dataset.name}/{record.name}", pattern)
+
+
+def _building_folder(out: Path, sources: Sequence[Path | str], overwrite: bool) -> Path:
+    """The folder to write into: `out`, or, to replace an existing benchmark, a sibling renamed to `out` at the end."""
+    if out.exists() and not out.is_dir():
+        raise DatasetError(f"{out}: output folder exists and is not a folder")
+    if not out.exists() or not any(out.iterdir()):
+        return out
+    if not overwrite:
+        raise DatasetError(f"{out}: output folder exists and is not empty; give --overwrite (overwrite=True) to "
+                           "replace the dataset in it")
+    if not (out / MANIFEST).is_file():
+        raise DatasetError(f"{out}: --overwrite replaces a percs dataset folder only, and this one has no "
+                           f"{MANIFEST}; remove it yourself or choose another --out")
+    for source in sources:
+        if out.resolve() in (Path(source).resolve(), *Path(source).resolve().parents):
+            raise DatasetError(f"{out}: is (or holds) the source {source}; choose another --out")
+    building = out.parent / f".{out.name}.building-{os.getpid()}"
+    if building.exists():
+        shutil.rmtree(building)
+    return building
+
+
+def _warn_unspecified(protocol: str, config: BuildConfig, used: list[str], modality: dict[str, str]) -> None:
+    unspecified = [t for t in used if modality[t] == "unspecified"]
+    if protocol == "percs" and config.variants > 0 and config.paste_ratio > 0 and len(unspecified) > 1:
+        warnings.warn(f"cell types {unspecified} have modality 'unspecified', so they are one modality group and "
+                      "their cells are pasted into each other's images; re-import their sources with --modality "
+                      "GROUP or --modality-of TYPE=GROUP to keep modalities apart", DataWarning, stacklevel=3)
 
 
 def _protocol(config: BuildConfig, images: list[SourceImage]) -> str:
@@ -145,14 +204,18 @@ def _source_meta(path, dataset: Dataset) -> dict:
 
 
 def _write_images(writer: DatasetWriter, images: list[SourceImage], splits: dict[str, str], protocol: str,
-                  modality: dict[str, str], config: BuildConfig) -> list[EvalImage]:
+                  modality: dict[str, str], config: BuildConfig, progress: bool = False) -> list[EvalImage]:
     """Writes every image that has a split; returns the evaluation images as the reference rule needs them."""
+    from tqdm import tqdm
+
     kept = sorted((im for im in images if im.name in splits), key=lambda im: im.name)
     mixing = protocol == "percs" and config.variants > 0 and config.paste_ratio > 0
-    loaded = {im.name: LoadedImage.read(im.name, im.dataset, im.record) for im in kept
-              if mixing and splits[im.name] in EVAL}
+    to_load = [im for im in kept if mixing and splits[im.name] in EVAL]
+    loaded = {im.name: LoadedImage.read(im.name, im.dataset, im.record)
+              for im in tqdm(to_load, desc="reading evaluation images", unit="image", disable=not progress,
+                             file=sys.stderr)}
     evaluation = []
-    for im in kept:
+    for im in tqdm(kept, desc="writing images", unit="image", disable=not progress, file=sys.stderr):
         split = splits[im.name]
         donors = _donors(im, loaded, splits, modality) if mixing and split in EVAL else {}
         if not donors:

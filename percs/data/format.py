@@ -36,6 +36,10 @@ class DatasetError(ValueError):
     """A dataset folder or manifest that is inconsistent; the message starts with the file at fault."""
 
 
+class DataWarning(UserWarning):
+    """Something an import or build guessed or did that its user should know (`percs data` prints these)."""
+
+
 @dataclass(frozen=True)
 class CellType:
     """One entry of a dataset's vocabulary; cells are pasted only between types of one modality group."""

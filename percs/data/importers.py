@@ -6,95 +6,38 @@
   (HoVer-Net / CoNSeP style, .mat files included);
 - `import_pannuke` (percs.data.pannuke): the PanNuke fold layout.
 
-Choices shared by all (docs/dataset_format.md lists them): labels are renumbered 1..N in raster order with
-their types carried along; images whose labels hold no instance are skipped and listed in the manifest's
-meta["skipped"]; an image and its labels of different sizes, an image without labels, a file that cannot be
-decoded, a label image that is a stack, a binary mask, colour or negative: errors naming the file.
-A 3-D image whose last two axes match the labels is read as channels-first and stored channels-last; extra
-planes stay channels (the normalisation uses the first three). Images are copied byte for byte when they decode
-to (H, W) or (H, W, C) uint8 / uint16 / float32; otherwise they are converted (other dtypes to float32).
+Choices shared by all (docs/dataset_format.md lists them; percs.data.importing applies the options): labels
+are renumbered 1..N in raster order with their types carried along; images whose labels hold no instance are
+skipped (or kept as negative images with `keep_empty`); everything not imported is listed with its reason in
+the manifest's meta["skipped"]; an image and its labels of different sizes, an image without labels, a file
+that cannot be decoded, a label image that is a stack, a binary mask, colour or negative: errors naming the
+file. Stacks and multichannel images are reduced to (H, W) or (H, W, C) by percs.data.stacks (axes from TIFF
+metadata, else guessed with a warning). Images are copied byte for byte when they decode to (H, W) or
+(H, W, C) uint8 / uint16 / float32 and are kept whole; otherwise they are converted (other dtypes to float32).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Mapping
 
 import numpy as np
 
-from percs.data.format import IMAGE_DTYPES, Dataset, DatasetWriter
-from percs.data.io import (IMAGE_SUFFIXES, LABEL_SUFFIXES, DataFileError, read_image, read_label_file, read_mat,
-                           to_label_image)
-from percs.data.tables import read_image_types, read_instance_classes
+from percs.data.format import Dataset
+from percs.data.importing import ImportOptions, ImportWriter
+from percs.data.io import IMAGE_SUFFIXES, LABEL_SUFFIXES, DataFileError, read_label_file, read_mat, to_label_image
+from percs.data.tables import read_image_types, read_instance_classes, read_type_modalities
 
-__all__ = ["ImportOptions", "import_cellpose", "import_folder", "import_typemap", "read_image_types",
-           "read_instance_classes"]
+__all__ = ["ImportOptions", "TypemapLayout", "import_cellpose", "import_folder", "import_typemap",
+           "read_image_types", "read_instance_classes", "read_type_modalities"]
 
 SPLIT_FOLDERS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
-
-
-@dataclass(frozen=True)
-class ImportOptions:
-    """What every importer takes: the dataset name (default: the output folder's name) and the modality group
-    of each cell type (`modality` for all, `modality_of` for exceptions; cells are only ever pasted between
-    types of one group)."""
-
-    name: str | None = None
-    modality: str = "unspecified"
-    modality_of: Mapping[str, str] = field(default_factory=dict)
-
-
-def open_writer(out: Path | str, options: ImportOptions, importer: str, source: Path | str) -> DatasetWriter:
-    """A writer whose meta records the importer, its source and (filled in as it goes) the skipped images."""
-    name = options.name or Path(out).resolve().name
-    return DatasetWriter(out, name, {"importer": importer, "source": str(source), "skipped": []})
-
-
-def finish(writer: DatasetWriter, options: ImportOptions) -> Dataset:
-    """Closes the writer after checking that every `modality_of` key named an imported type."""
-    unused = sorted(set(options.modality_of) - {t.name for t in writer.cell_types})
-    if unused:
-        raise ValueError(f"modality_of names cell types that were not imported: {unused}")
-    return writer.close()
-
-
-def add_type(writer: DatasetWriter, cell_type: str, options: ImportOptions) -> None:
-    writer.add_cell_type(cell_type, options.modality_of.get(cell_type, options.modality))
 
 
 def read_labels(path: Path) -> np.ndarray:
     """A label file as (H, W) int64, checked (see percs.data.io.to_label_image)."""
     return to_label_image(read_label_file(path), path)
-
-
-def prepare_image(path: Path, labels_shape: tuple[int, ...], labels_path: Path) -> tuple[np.ndarray, Path | None]:
-    """The image as the format stores it, and `path` when the file can be copied byte for byte (else None)."""
-    image = read_image(path)
-    verbatim = True
-    if image.ndim == 3 and image.shape[:2] != labels_shape and image.shape[1:] == labels_shape:
-        image, verbatim = np.moveaxis(image, 0, -1), False
-    if image.ndim == 3 and image.shape[2] == 1:
-        image, verbatim = image[..., 0], False
-    if image.ndim not in (2, 3):
-        raise DataFileError(path, f"image has shape {image.shape}; percs takes (H, W) or (H, W, C) images, "
-                                  "extract one plane of the stack first")
-    if image.shape[:2] != labels_shape:
-        raise DataFileError(path, f"image is {image.shape[:2]} but its labels {labels_path} are {labels_shape}")
-    if image.dtype not in IMAGE_DTYPES:
-        image, verbatim = image.astype(np.float32), False
-    return np.ascontiguousarray(image), path if verbatim else None
-
-
-def add_pair(writer: DatasetWriter, name: str, image_path: Path, labels_path: Path, labels: np.ndarray,
-             instance_types: Mapping[int, str], split: str | None) -> None:
-    """Writes one image with its labels, or lists it in meta["skipped"] when it has no instance."""
-    if not labels.any():
-        writer.meta["skipped"].append({"image": str(image_path), "labels": str(labels_path), "reason": "no instances"})
-        return
-    image, source = prepare_image(image_path, labels.shape, labels_path)
-    meta: dict[str, Any] = {"source_image": str(image_path), "source_labels": str(labels_path)}
-    writer.add_image(name, image, labels, instance_types, split, meta, source)
 
 
 def split_folders(root: Path) -> list[tuple[str | None, Path]]:
@@ -104,6 +47,16 @@ def split_folders(root: Path) -> list[tuple[str | None, Path]]:
     found = [(SPLIT_FOLDERS[d.name.lower()], d) for d in sorted(root.iterdir())
              if d.is_dir() and d.name.lower() in SPLIT_FOLDERS]
     return found or [(None, root)]
+
+
+def skip_other_folders(writer: ImportWriter, root: Path, folders: list[tuple[str | None, Path]]) -> None:
+    """Lists the subfolders of `root` beside its split folders, which are not searched."""
+    if folders[0][0] is None:
+        return
+    used = {folder for _, folder in folders}
+    for d in sorted(root.iterdir()):
+        if d.is_dir() and d not in used:
+            writer.skip("not a split folder", folder=str(d))
 
 
 def find_partner(folder: Path, stem: str, suffixes: tuple[str, ...]) -> Path | None:
@@ -125,34 +78,49 @@ def join_name(*parts: str | None) -> str:
     return "/".join(p for p in parts if p)
 
 
+def instance_types(labels: np.ndarray, cell_type: str) -> dict[int, str]:
+    """Every instance id of `labels` -> the one cell type."""
+    ids = np.unique(labels)
+    return {int(i): cell_type for i in ids[ids > 0]}
+
+
 def import_cellpose(root: Path | str, out: Path | str, options: ImportOptions = ImportOptions(),
                     type_name: str | None = None, img_filter: str = "_img", mask_filter: str = "_masks") -> Dataset:
     """Imports Cellpose-style folders: `ROOT[/split]/<type>/<n>_img.<ext>` with `<n>_masks.<ext>`.
 
     A folder holding the images directly (no type subfolders) needs `type_name`. Split subfolders
     (train / val / test) give the split; otherwise images have none. An image without masks is an error.
+    Images are named `[split/]<type>/<n>` with the type's name in the dataset (after options.rename).
     """
     root = Path(root)
-    folders = [(split, folder, _cellpose_type_folders(folder, type_name, img_filter))
-               for split, folder in split_folders(root)]
-    with open_writer(out, options, "cellpose", root) as writer:
-        for split, folder, type_folders in folders:
-            for cell_type, type_folder in type_folders:
-                add_type(writer, cell_type, options)
+    folders = split_folders(root)
+    type_folders = [(split, folder, _cellpose_type_folders(folder, type_name, img_filter)) for split, folder in folders]
+    with ImportWriter(out, options, "cellpose", root) as writer:
+        skip_other_folders(writer, root, folders)
+        for split, folder, found in type_folders:
+            if type_name is None:
+                for d in sorted(set(d for d in folder.iterdir() if d.is_dir()) - {d for _, d in found}):
+                    writer.skip("no images", folder=str(d))
+            for source_type, type_folder in found:
+                where = "type_name (--type)" if type_folder == folder else f"folder {type_folder}"
+                cell_type = writer.add_type(source_type, where)
+                used: set[Path] = set()
                 for image_path in files_with(type_folder, IMAGE_SUFFIXES, img_filter):
                     stem = image_path.stem[: len(image_path.stem) - len(img_filter)]
-                    name = join_name(split, type_folder.name if type_folder != folder else None, stem)
-                    _add_cellpose_pair(writer, name, image_path, stem + mask_filter, cell_type, split)
-        return finish(writer, options)
+                    name = join_name(split, cell_type if type_folder != folder else None, stem)
+                    used |= _add_cellpose_pair(writer, name, image_path, stem + mask_filter, cell_type, split)
+                writer.skip_unused(type_folder, used)
+        return writer.close()
 
 
-def _add_cellpose_pair(writer, name, image_path: Path, mask_stem: str, cell_type: str, split: str | None) -> None:
+def _add_cellpose_pair(writer: ImportWriter, name, image_path: Path, mask_stem: str, cell_type: str,
+                       split: str | None) -> set[Path]:
     labels_path = find_partner(image_path.parent, mask_stem, LABEL_SUFFIXES)
     if labels_path is None:
         raise DataFileError(image_path, f"no masks file {mask_stem}.<png|tif|npy> next to it")
     labels = read_labels(labels_path)
-    ids = np.unique(labels)
-    add_pair(writer, name, image_path, labels_path, labels, {int(i): cell_type for i in ids[ids > 0]}, split)
+    writer.add_pair(name, image_path, labels_path, labels, instance_types(labels, cell_type), split)
+    return {image_path, labels_path}
 
 
 def _cellpose_type_folders(folder: Path, type_name: str | None, img_filter: str) -> list[tuple[str, Path]]:
@@ -173,8 +141,9 @@ def import_folder(images_dir: Path | str, masks_dir: Path | str, out: Path | str
                   ) -> Dataset:
     """Imports an image folder and a mask folder matched by name: image `<n>.<ext>`, masks `<n><mask_suffix>.<ext>`.
 
-    types: one cell type for every image, or image name (stem) -> type (see `read_image_types`). An image
-    without masks, a mask without image and an image missing from the table are errors.
+    types: one cell type for every image, or image name (stem) -> type (see `read_image_types`; entries naming
+    no image are listed as skipped). An image without masks, a mask without image and an image missing from
+    the table are errors.
     """
     images_dir, masks_dir = Path(images_dir), Path(masks_dir)
     for folder in (images_dir, masks_dir):
@@ -185,9 +154,11 @@ def import_folder(images_dir: Path | str, masks_dir: Path | str, out: Path | str
     for mask_path in files_with(masks_dir, LABEL_SUFFIXES, mask_suffix):
         if mask_path.stem[: len(mask_path.stem) - len(mask_suffix)] not in stems:
             raise DataFileError(mask_path, f"has no image of the same name in {images_dir}")
-    with open_writer(out, options, "folder", images_dir) as writer:
-        for t in sorted({types} if isinstance(types, str) else {types[s] for s in stems if s in types}):
-            add_type(writer, t, options)
+    with ImportWriter(out, options, "folder", images_dir) as writer:
+        source_types = {types} if isinstance(types, str) else {types[s] for s in stems if s in types}
+        names = {t: writer.add_type(t, "type" if isinstance(types, str) else "cell-type table")
+                 for t in sorted(source_types)}
+        used: set[Path] = set()
         for image_path in image_paths:
             labels_path = find_partner(masks_dir, image_path.stem + mask_suffix, LABEL_SUFFIXES)
             if labels_path is None:
@@ -196,10 +167,14 @@ def import_folder(images_dir: Path | str, masks_dir: Path | str, out: Path | str
             if cell_type is None:
                 raise DataFileError(image_path, "is not in the cell-type table")
             labels = read_labels(labels_path)
-            ids = np.unique(labels)
-            add_pair(writer, join_name(split, image_path.stem), image_path, labels_path, labels,
-                     {int(i): cell_type for i in ids[ids > 0]}, split)
-        return finish(writer, options)
+            writer.add_pair(join_name(split, image_path.stem), image_path, labels_path, labels,
+                            instance_types(labels, names[cell_type]), split)
+            used |= {image_path, labels_path}
+        for folder in dict.fromkeys((images_dir, masks_dir)):
+            writer.skip_unused(folder, used)
+        for stem in sorted(set() if isinstance(types, str) else set(types) - stems):
+            writer.skip("table entry without image", image=stem)
+        return writer.close()
 
 
 @dataclass(frozen=True)
@@ -229,21 +204,36 @@ def import_typemap(root: Path | str, out: Path | str, options: ImportOptions = I
     for _, folder in folders:
         if not (folder / layout.images).is_dir() or not (folder / layout.instances).is_dir():
             raise DataFileError(folder, f"needs the folders {layout.images}/ and {layout.instances}/")
-    with open_writer(out, options, "typemap", root) as writer:
-        for name in dict.fromkeys((class_names or {}).values()):
-            add_type(writer, name, options)
+    with ImportWriter(out, options, "typemap", root) as writer:
+        skip_other_folders(writer, root, folders)
+        for class_id, name in (class_names or {}).items():
+            writer.add_type(name, f"class_names {class_id}={name}")
+        imported: set[str] = set()
         for split, folder in folders:
-            for image_path in files_with(folder / layout.images, IMAGE_SUFFIXES):
-                labels_path = find_partner(folder / layout.instances, image_path.stem, LABEL_SUFFIXES)
-                if labels_path is None:
-                    raise DataFileError(image_path, f"no instance map {image_path.stem}.<ext> in {layout.instances}/")
-                labels, classes = _typemap_classes(image_path.stem, labels_path, folder / layout.type_maps,
-                                                   instance_classes)
-                types = {label: _class_name(c, class_names, labels_path, label) for label, c in classes.items()}
-                for t in dict.fromkeys(types.values()):
-                    add_type(writer, t, options)
-                add_pair(writer, join_name(split, image_path.stem), image_path, labels_path, labels, types, split)
-        return finish(writer, options)
+            used = _typemap_folder(writer, split, folder, layout, class_names, instance_classes)
+            imported |= {p.stem for p in used}
+            for sub in (layout.images, layout.instances):
+                writer.skip_unused(folder / sub, used)
+        for stem in sorted(set(instance_classes or {}) - imported):
+            writer.skip("table entry without image", image=stem)
+        return writer.close()
+
+
+def _typemap_folder(writer: ImportWriter, split: str | None, folder: Path, layout: TypemapLayout,
+                    class_names: Mapping[int, str] | None, table: Mapping[str, Mapping[int, int | str]] | None
+                    ) -> set[Path]:
+    """Imports the images of one (split) folder; returns the image and instance files used."""
+    used: set[Path] = set()
+    for image_path in files_with(folder / layout.images, IMAGE_SUFFIXES):
+        labels_path = find_partner(folder / layout.instances, image_path.stem, LABEL_SUFFIXES)
+        if labels_path is None:
+            raise DataFileError(image_path, f"no instance map {image_path.stem}.<ext> in {layout.instances}/")
+        labels, classes = _typemap_classes(image_path.stem, labels_path, folder / layout.type_maps, table)
+        types = {label: writer.add_type(_class_name(c, class_names, labels_path, label), str(labels_path))
+                 for label, c in classes.items()}
+        writer.add_pair(join_name(split, image_path.stem), image_path, labels_path, labels, types, split)
+        used |= {image_path, labels_path}
+    return used
 
 
 def _typemap_classes(stem: str, labels_path: Path, type_maps_dir: Path,

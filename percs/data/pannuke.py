@@ -10,7 +10,8 @@ Release layout, one folder per fold k (1, 2, 3), under ROOT or given directly:
 
 Choices: an instance is a (class channel, id) pair, so equal ids in two channels are two nuclei; a pixel set in
 several class channels goes to the lowest channel; ids must be whole numbers; images are rounded to uint8 and
-written as PNG; tiles without nuclei are skipped (listed in the manifest's meta["skipped"]). The split comes from
+written as PNG; tiles without nuclei are skipped (listed in the manifest's meta["skipped"]) unless the options keep
+them as negative images. The split comes from
 the fold (default: folds 1 and 2 train, fold 3 test, as PerPanNuke); the tissue goes into each image's meta.
 """
 
@@ -23,7 +24,7 @@ from typing import Mapping
 import numpy as np
 
 from percs.data.format import Dataset
-from percs.data.importers import ImportOptions, add_type, finish, open_writer
+from percs.data.importing import ImportOptions, ImportWriter
 from percs.data.io import DataFileError
 
 PANNUKE_CLASSES = ("neoplastic", "inflammatory", "connective", "dead", "epithelial")
@@ -99,23 +100,22 @@ def import_pannuke(root: Path | str, out: Path | str, options: ImportOptions = I
     """
     root = Path(root)
     folds = find_folds(root)
-    with open_writer(out, options, "pannuke", root) as writer:
-        for class_name in PANNUKE_CLASSES:
-            add_type(writer, class_name, options)
+    with ImportWriter(out, options, "pannuke", root) as writer:
+        names = {c: writer.add_type(c, "PanNuke class") for c in PANNUKE_CLASSES}
         for fold, fold_dir in folds.items():
-            _add_fold(writer, fold, fold_dir, fold_splits.get(fold))
-        return finish(writer, options)
+            _add_fold(writer, fold, fold_dir, fold_splits.get(fold), names)
+        return writer.close()
 
 
-def _add_fold(writer, fold: int, fold_dir: Path, split: str | None) -> None:
+def _add_fold(writer: ImportWriter, fold: int, fold_dir: Path, split: str | None, names: dict[str, str]) -> None:
     images, masks, tissues = fold_arrays(fold_dir, fold)
     images_path = fold_dir / "images" / f"fold{fold}" / "images.npy"
     masks_path = fold_dir / "masks" / f"fold{fold}" / "masks.npy"
     for index in range(images.shape[0]):
         labels, types = pannuke_labels(masks[index], f"{masks_path}[{index}]")
         source = {"fold": fold, "index": index, "tissue": str(tissues[index])}
-        if not labels.any():
-            writer.meta["skipped"].append({**source, "reason": "no instances"})
+        if not writer.keeps(labels, **source):
             continue
         image = tile_image(images, index, f"{images_path}[{index}]")
-        writer.add_image(f"fold{fold}/{index:04d}", image, labels, types, split, source)
+        writer.add_record(f"fold{fold}/{index:04d}", image, labels, {k: names[t] for k, t in types.items()}, split,
+                          source)

@@ -4,7 +4,8 @@ Rules (docs/dataset_format.md, "Building a benchmark"):
 - novel types are named, or `all`, or `count` of them chosen by the seed (uniformly among the types that have
   images, taken in name order before the draw);
 - an image whose types are all novel is `novel`; one with no novel type is seen; one mixing both is left out
-  (a novel type must never reach train or val, and a novel image must hold novel types only);
+  (a novel type must never reach train or val, and a novel image must hold novel types only); an image without
+  cells is seen, unless every type is novel (then it is novel too);
 - seen images keep the split their source gave them (train, val or test); the others are split per stratum
   (the set of their types in the PerCS protocol; one stratum in the PanNuke protocol), by group (images whose
   names give the same `group_pattern` match stay together), in a seeded shuffle: round(n * test_fraction) groups
@@ -107,9 +108,10 @@ def plan_splits(images: Sequence[SplitInput], novel_types: Sequence[str], strati
     if not (0 <= test_fraction and 0 <= val_fraction and test_fraction + val_fraction < 1):
         raise ValueError(f"test_fraction {test_fraction} and val_fraction {val_fraction} must be >= 0, sum < 1")
     novel = set(novel_types)
+    everything_novel = bool(novel) and set().union(*(image.types for image in images)) <= novel
     splits, excluded, todo = {}, [], {}
     for image in images:
-        if image.types <= novel:
+        if image.types <= novel and (image.types or everything_novel):
             splits[image.name] = "novel"
         elif image.types & novel:
             excluded.append({"image": image.name, "reason": f"mixes novel types {sorted(image.types & novel)} "

@@ -54,6 +54,25 @@ def read_image_types(path: Path | str, name_column: str = "image", type_column: 
     return types
 
 
+def read_type_modalities(path: Path | str, type_column: str = "type", modality_column: str = "modality"
+                         ) -> dict[str, str]:
+    """cell type -> modality group, from the rows of a per-image table (CSV, or a JSON list of objects) that also
+    has `modality_column`: every row of a type must give it the same non-empty group."""
+    path = Path(path)
+    rows = _read_rows(path)
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise DataFileError(path, f"a modality column ({modality_column!r}) needs a CSV or a JSON list of records")
+    modalities: dict[str, str] = {}
+    for row in rows:
+        cell_type, modality = _column(row, type_column, path), _column(row, modality_column, path).strip()
+        if not modality:
+            raise DataFileError(path, f"cell type {cell_type!r} has an empty {modality_column!r}")
+        if modalities.setdefault(cell_type, modality) != modality:
+            raise DataFileError(path, f"cell type {cell_type!r} is given two modality groups "
+                                      f"({modalities[cell_type]!r}, {modality!r})")
+    return modalities
+
+
 def _class_value(value: Any) -> int | str:
     text = str(value).strip()
     return int(text) if text.lstrip("-").isdigit() else text
