@@ -4,15 +4,18 @@ queries and their references, determinism, the PanNuke protocol on CoNSeP, and e
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy import ndimage
 
+from conftest import data_dir
 from percs.cli import main
 from percs.data.build import BuildConfig, build_benchmark
-from percs.data.format import DatasetError, load_dataset
+from percs.data.format import DatasetError, DatasetWriter, load_dataset
+from percs.data.importers import ImportOptions, import_typemap
 from percs.data.split import SplitInput, choose_novel_types, plan_splits
 from percs.data.stats import split_stats
 from percs.data.synthetic import write_synthetic_dataset
@@ -250,3 +253,135 @@ def test_errors_name_the_file(synthetic, tmp_path, capsys):
     with pytest.raises(ValueError, match="gap"):
         build_benchmark([synthetic], tmp_path / "out", BuildConfig(gap=0))
     assert ds.name == "synthetic" and not (tmp_path / "out").exists()
+
+
+# building imported data without code: --overwrite, progress, per-source groups, stats, negative images
+
+def test_build_refuses_an_existing_benchmark_unless_overwrite_and_shows_progress(synthetic, tmp_path, capsys):
+    out = tmp_path / "b"
+    build = ["data", "build", str(synthetic), "--novel-types", "granular", "--variants", "1", "--out", str(out)]
+    assert main(build) == 0
+    assert "writing images: 100%" in capsys.readouterr().err
+    first = (out / "manifest.json").read_bytes()
+    assert main([*build, "--seed", "1"]) == 1
+    assert f"{out}: output folder exists and is not empty; give --overwrite" in capsys.readouterr().err
+    assert (out / "manifest.json").read_bytes() == first
+    assert main([*build, "--seed", "1", "--novel-types", "nope", "--overwrite"]) == 1  # a failed build keeps the old
+    assert (out / "manifest.json").read_bytes() == first and load_dataset(out).meta["config"]["seed"] == 0
+    assert main([*build, "--seed", "1", "--overwrite"]) == 0
+    assert load_dataset(out).meta["config"]["seed"] == 1 and sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "keep.txt").write_text("not a dataset")
+    assert main([*build[:-1], str(tmp_path / "mine"), "--overwrite"]) == 1
+    assert "has no manifest.json; remove it yourself" in capsys.readouterr().err
+    assert (tmp_path / "mine" / "keep.txt").exists()
+    assert main([*build[:-1], str(synthetic), "--overwrite"]) == 1
+    assert f"is (or holds) the source {synthetic}" in capsys.readouterr().err and load_dataset(synthetic)
+
+
+def _consep_tiles(root: Path, tiles: dict[str, tuple[int, ...]], rename) -> Path:
+    """Three patches of each CoNSeP tile (symlinked), named by `rename(split, tile, k)`; returns the layout root."""
+    consep = data_dir("consep")
+    for split, numbers in tiles.items():
+        for tile in numbers:
+            for k in range(3):
+                source = f"{split}_{tile}_{k:03d}"
+                for folder, suffix in (("images", "jpg"), ("inst", "tif"), ("typemap", "png")):
+                    target = root / split / folder / f"{rename(split, tile, k)}.{suffix}"
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.symlink_to(consep / split / folder / f"{source}.{suffix}")
+    return root
+
+
+def test_sources_with_their_own_group_patterns_build_together(tmp_path):
+    classes = {1: "other", 2: "inflammatory", 3: "epithelial", 4: "spindle"}
+    tiles = {"train": (1, 2, 3, 4), "test": (1, 2)}
+    a = _consep_tiles(tmp_path / "a", tiles, lambda split, tile, k: f"{split}_{tile}_{k:03d}")
+    b = _consep_tiles(tmp_path / "b", {"train": (5, 6, 7, 8), "test": (3, 4)},
+                      lambda split, tile, k: f"slide{tile}-patch{k}")
+    import_typemap(a, tmp_path / "src_a", ImportOptions("tiles_a", "histology", group_pattern=r"^(.*)_\d+$"), classes)
+    import_typemap(b, tmp_path / "src_b", ImportOptions("tiles_b", "histology", group_pattern=r"^(.*)-patch\d+$"),
+                   classes)
+    config = BuildConfig(distractor_types=("other",))
+    ds = build_benchmark([tmp_path / "src_a", tmp_path / "src_b"], tmp_path / "bench", config)
+    tile_of = {r.name: re.sub(r"(_\d+|-patch\d+)$", "", r.name) for r in ds.images}
+    for tile in set(tile_of.values()):  # every tile's patches share a split, in both naming schemes
+        assert len({r.split for r in ds.images if tile_of[r.name] == tile}) == 1, tile
+    assert len(ds.in_split("val")) == 3  # one whole tile carved out of train
+    for q in ds.queries:  # references come from another tile wherever the split has one with the type
+        others = {tile_of[r.name] for r in ds.in_split(ds.record(q.image).split) if q.target_type in r.instance_types}
+        if others - {tile_of[q.image]}:
+            assert tile_of[q.reference_image] != tile_of[q.image]
+    plain = import_typemap(a, tmp_path / "plain_a", ImportOptions("tiles_a", "histology"), classes)
+    assert "group" not in plain.images[0].meta
+    old = build_benchmark([tmp_path / "plain_a"], tmp_path / "old", BuildConfig(distractor_types=("other",),
+                                                                                group_pattern=r"^(.*)_\d+$"))
+    new = build_benchmark([tmp_path / "src_a"], tmp_path / "new", config)
+    assert [(r.name, r.split) for r in old.images] == [(r.name, r.split) for r in new.images]
+    assert old.queries == new.queries  # the import's groups are the build pattern's groups
+
+
+def test_stats_count_types_and_pasted_cells_that_found_no_room(synthetic, tmp_path, capsys):
+    assert main(["data", "build", str(synthetic), "--paste-ratio", "6", "--variants", "1", "--out",
+                 str(tmp_path / "b")]) == 0
+    built = capsys.readouterr().out
+    ds = load_dataset(tmp_path / "b")
+    requested = sum(r.meta.get("pasted_requested", 0) for r in ds.images)
+    placed = sum(len(r.meta.get("pasted", [])) for r in ds.images)
+    short = sum(len(r.meta.get("pasted", [])) < r.meta.get("pasted_requested", 0) for r in ds.images)
+    assert 0 < placed < requested and short > 0
+    line = f"pasted cells: {placed} of {requested} requested placed; {requested - placed} found no room (in {short} "
+    assert main(["data", "stats", str(tmp_path / "b")]) == 0
+    printed = capsys.readouterr().out
+    assert line in printed and line in built
+    splits = [s.split for s in split_stats(ds)]
+    assert f"| type | modality | images ({' / '.join(splits)}) | cells | pasted cells | queries |" in printed
+    for t in ds.cell_types:
+        native = {r.name: [label for label in r.labels_of_type(t.name)
+                           if label not in {p[0] for p in r.meta.get("pasted", [])}] for r in ds.images}
+        images = " / ".join(str(sum(bool(native[r.name]) for r in ds.in_split(s))) for s in splits)
+        pasted = sum(r.type_of(p[0]) == t.name for r in ds.images for p in r.meta.get("pasted", []))
+        queries = sum(q.target_type == t.name for q in ds.queries)
+        cells = sum(len(v) for v in native.values())
+        assert f"| {t.name} | {t.modality} | {images} | {cells} | {pasted} | {queries} |" in printed
+
+
+def _tiny_source(root: Path, name: str, types: dict[str, str], per_type: int, empty: int = 0) -> Path:
+    """A dataset of `per_type` 40 x 40 images per type (four square cells each) and `empty` images without cells."""
+    rng = np.random.default_rng(len(name))
+    with DatasetWriter(root / name, name) as writer:
+        for t, modality in types.items():
+            writer.add_cell_type(t, modality)
+        plan = [(f"{t}/{k}", t) for t in types for k in range(per_type)] + [(f"empty/{k}", None) for k in range(empty)]
+        for image_name, t in plan:
+            labels = np.zeros((40, 40), np.int32)
+            for k in range(4 if t else 0):
+                labels[4 + 9 * k: 10 + 9 * k, 5 + 7 * k: 12 + 7 * k] = k + 1
+            image = (rng.integers(0, 40, (40, 40)) + 150 * (labels > 0)).astype(np.uint8)
+            writer.add_image(image_name, image, labels, {k: t for k in range(1, 5)})
+    return root / name
+
+
+def test_negative_images_are_split_like_seen_images_and_get_no_query(tmp_path, capsys):
+    source = _tiny_source(tmp_path, "tiny", {"a": "fluo", "b": "fluo", "c": "fluo"}, 4, empty=3)
+    ds = build_benchmark([source], tmp_path / "bench", BuildConfig(novel_types=("c",), variants=1))
+    negatives = [r for r in ds.images if r.name.startswith("tiny/empty/")]
+    assert len(negatives) == 3 and {r.split for r in negatives} == {"train", "val", "test"}
+    assert all(r.n_instances == 0 for r in negatives) and not any(q.image in {r.name for r in negatives}
+                                                                  for q in ds.queries)
+    assert {r.split for r in ds.images if "c" in r.instance_types} == {"novel"}
+    everything = build_benchmark([source], tmp_path / "all", BuildConfig(novel_types="all", variants=1))
+    assert {r.split for r in everything.images} == {"novel"}
+    assert main(["data", "stats", str(tmp_path / "bench")]) == 0
+    assert "images without cells (negative images): 3" in capsys.readouterr().out
+    assert plan_splits([SplitInput("n", frozenset(), None, "n")], ["a"], True, 0.2, 0.1, 0).splits == {"n": "train"}
+
+
+def test_build_warns_when_unspecified_modalities_are_pasted_together(tmp_path, capsys):
+    source = _tiny_source(tmp_path, "tiny", {"a": "unspecified", "b": "unspecified"}, 4)
+    assert main(["data", "build", str(source), "--variants", "1", "--out", str(tmp_path / "b")]) == 0
+    err = capsys.readouterr().err
+    assert "percs data build: warning: cell types ['a', 'b'] have modality 'unspecified'" in err
+    assert "--modality-of TYPE=GROUP" in err
+    assert main(["data", "build", str(source), "--variants", "0", "--out", str(tmp_path / "c")]) == 0
+    assert "warning" not in capsys.readouterr().err  # nothing pasted: nothing to warn about

@@ -108,7 +108,8 @@ def plan_splits(images: Sequence[SplitInput], novel_types: Sequence[str], strati
     if not (0 <= test_fraction and 0 <= val_fraction and test_fraction + val_fraction < 1):
         raise ValueError(f"test_fraction {test_fraction} and val_fraction {val_fraction} must be >= 0, sum < 1")
     novel = set(novel_types)
-    everything_novel = bool(novel) and set().union(*(image.types for image in images)) <= novel
+    typed = set().union(*(image.types for image in images))
+    everything_novel = bool(typed) and typed <= novel
     splits, excluded, todo = {}, [], {}
     for image in images:
         if image.types <= novel and (image.types or everything_novel):
