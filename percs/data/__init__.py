@@ -1,7 +1,8 @@
 """Datasets for personalized cell segmentation: the on-disk format, importers, normalisation, synthetic data.
 
 - `percs.data.format`: `Dataset`, `ImageRecord`, `Query`, `DatasetWriter`, `load_dataset` (docs/dataset_format.md);
-- `percs.data.importers` / `percs.data.pannuke`: cellpose, folder, typemap and PanNuke layouts to that format;
+- `percs.data.importers` / `percs.data.pannuke`: cellpose, folder, typemap and PanNuke layouts to that format
+  (options and the skip report in `percs.data.importing`, stacks and channels in `percs.data.stacks`);
 - `percs.data.normalize`: `normalize_image`, the one image normalisation of the model's input;
 - `percs.data.synthetic`: synthetic images of five cell types, written in the same format;
 - `percs.data.build` (with split, mixing, paste, queries, stats): benchmarks with type splits, fixed mixed-type

@@ -230,7 +230,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 def _stack_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plane", metavar="mid|max|N",
                    help="for stacks (z-slices or time points): keep the middle plane (mid, plane (n-1)//2), the "
-                        "maximum projection (max) or plane N (from 0); a stack without it is an error")
+                        "maximum projection (max) or plane N (from 0); needed by images whose axes metadata (or "
+                        "--axes) has Z, and it makes the unlabelled first axis of a 3-D TIFF planes, not channels")
     p.add_argument("--channels", metavar="I[,J...]",
                    help="channels to keep, in this order, e.g. 0 (a grey image) or 0,1 (default: all)")
     p.add_argument("--axes", metavar="LETTERS",

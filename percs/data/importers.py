@@ -156,8 +156,8 @@ def import_folder(images_dir: Path | str, masks_dir: Path | str, out: Path | str
             raise DataFileError(mask_path, f"has no image of the same name in {images_dir}")
     with ImportWriter(out, options, "folder", images_dir) as writer:
         source_types = {types} if isinstance(types, str) else {types[s] for s in stems if s in types}
-        names = {t: writer.add_type(t, "type" if isinstance(types, str) else "cell-type table")
-                 for t in sorted(source_types)}
+        where = "type (--type)" if isinstance(types, str) else "cell-type table (--type-table)"
+        names = {t: writer.add_type(t, where) for t in sorted(source_types)}
         used: set[Path] = set()
         for image_path in image_paths:
             labels_path = find_partner(masks_dir, image_path.stem + mask_suffix, LABEL_SUFFIXES)
