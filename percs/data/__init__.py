@@ -6,7 +6,8 @@
 - `percs.data.normalize`: `normalize_image`, the one image normalisation of the model's input;
 - `percs.data.synthetic`: synthetic images of five cell types, written in the same format;
 - `percs.data.build` (with split, mixing, paste, queries, stats): benchmarks with type splits, fixed mixed-type
-  images and fixed queries (`percs data build` / `percs data stats`);
+  images and fixed queries (`percs data build` / `percs data stats`), and train-only sources; `percs.data.compare`
+  checks that two builds evaluate the same way;
 - `percs.data.dataset`: `TrainDataset`, the torch training Dataset (crops, dynamic pasting, references).
 """
 

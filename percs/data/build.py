@@ -14,6 +14,12 @@ copied byte for byte. Everything random follows from `seed` and the image names,
 and one image's variants do not depend on the others. An image's group is the one its importer recorded
 (`--group-pattern` at import, per source), else `group_pattern` applied to its benchmark name, else the image.
 Images without cells (imported with keep_empty) are split like the others and get no query.
+
+Train-only sources (`--train-only`) add images to train and change nothing else: every one of their images goes
+to train; the protocol, novel types, splits, mixed images and queries follow from the other sources alone (an
+evaluation image's pasted cells and its queries' references come from its own split), so val, test, novel and
+the queries are those of the build without them. Their types that no other source has come after the others in
+the vocabulary, so type indices stay the same too. A train-only image holding a novel type is an error.
 """
 
 from __future__ import annotations
@@ -108,19 +114,24 @@ def load_sources(paths: Sequence[Path | str]) -> tuple[list[Dataset], dict[str, 
 
 
 def build_benchmark(sources: Sequence[Path | str], out: Path | str, config: BuildConfig = BuildConfig(),
-                    progress: bool = False, overwrite: bool = False) -> Dataset:
+                    progress: bool = False, overwrite: bool = False, train_only: Sequence[Path | str] = ()
+                    ) -> Dataset:
     """Builds a benchmark from imported datasets into `out`; returns it.
 
     out must not exist or be empty, unless `overwrite`: then an existing percs dataset folder there (one with a
     manifest, and not one of the sources) is replaced once the new benchmark is complete. progress: tqdm bars
     on stderr. Warns (DataWarning) when types of the unspecified modality group are pasted into each other.
+    train_only: more sources, whose images all go to train (named in meta["train_only_sources"]); see the
+    module docstring.
     """
     config.check()
     out = Path(out)
-    building = _building_folder(out, sources, overwrite)
-    datasets, modality = load_sources(sources)
-    images = [SourceImage(f"{d.name}/{r.name}", d, r, source_group(d, r, config.group_pattern))
-              for d in datasets for r in d.images]
+    if not sources:
+        raise ValueError("no source dataset given (train-only sources alone give no evaluation images)")
+    building = _building_folder(out, [*sources, *train_only], overwrite)
+    datasets, modality = load_sources([*sources, *train_only])
+    images = _source_images(datasets[:len(sources)], config.group_pattern)
+    extra = _source_images(datasets[len(sources):], config.group_pattern)
     protocol = _protocol(config, images)
     unknown = sorted(set(config.distractor_types) - set(modality))
     if unknown:
@@ -128,18 +139,23 @@ def build_benchmark(sources: Sequence[Path | str], out: Path | str, config: Buil
     if protocol == "pannuke" and (config.novel_types not in ((), "all") or config.novel_count):
         raise ValueError("the pannuke protocol keeps every class in every split: novel types can only be 'all'")
     used = sorted({t for im in images for t in im.record.instance_types})
-    novel = choose_novel_types(used, config.novel_types, config.novel_count, config.seed)
+    novel = _novel_types(config, used, extra)
     plan = plan_splits([SplitInput(im.name, frozenset(im.record.instance_types), im.record.split, im.group)
                         for im in images], novel, protocol == "percs", config.test_fraction, config.val_fraction,
                        config.seed)
-    _warn_unspecified(protocol, config, used, modality)
+    vocabulary = used + sorted({t for im in extra for t in im.record.instance_types} - set(used))
+    _warn_unspecified(protocol, config, vocabulary, modality)
     meta = {"builder": "percs data build", "protocol": protocol, "config": _config_json(config),
-            "sources": [_source_meta(p, d) for p, d in zip(sources, datasets)], "novel_types": list(novel),
-            "distractor_types": sorted(config.distractor_types), "excluded": list(plan.excluded)}
+            "sources": [_source_meta(p, d) for p, d in zip([*sources, *train_only], datasets)],
+            "novel_types": list(novel), "distractor_types": sorted(config.distractor_types),
+            "excluded": list(plan.excluded)}
+    if train_only:
+        meta["train_only_sources"] = [d.name for d in datasets[len(sources):]]
+    splits = {**plan.splits, **{im.name: "train" for im in extra}}
     with DatasetWriter(building, config.name or out.resolve().name, meta) as writer:
-        for t in used:
+        for t in vocabulary:
             writer.add_cell_type(t, modality[t])
-        evaluation = _write_images(writer, images, plan.splits, protocol, modality, config, progress)
+        evaluation = _write_images(writer, images + extra, splits, protocol, modality, config, progress)
         for query in make_queries(evaluation, config.distractor_types, config.reference):
             writer.add_query(query)
         dataset = writer.close()
@@ -148,6 +164,31 @@ def build_benchmark(sources: Sequence[Path | str], out: Path | str, config: Buil
     shutil.rmtree(out)
     building.rename(out)
     return dataclasses.replace(dataset, root=out)
+
+
+def _source_images(datasets: Sequence[Dataset], pattern: str | None) -> list[SourceImage]:
+    return [SourceImage(f"{d.name}/{r.name}", d, r, source_group(d, r, pattern)) for d in datasets for r in d.images]
+
+
+def _novel_types(config: BuildConfig, used: list[str], train_only: list[SourceImage]) -> tuple[str, ...]:
+    """The novel types, chosen among `used` (the types of the evaluation sources, so that train-only sources
+    change nothing); a train-only image holding one (named, drawn or `all`) is an error."""
+    named = () if config.novel_types == "all" else config.novel_types
+    _refuse_novel_train_only(train_only, named)  # first, as the draw rejects names without evaluation images
+    novel = choose_novel_types(used, config.novel_types, config.novel_count, config.seed)
+    _refuse_novel_train_only(train_only, novel)
+    return novel
+
+
+def _refuse_novel_train_only(images: list[SourceImage], novel: Sequence[str]) -> None:
+    """Raises when an image of a train-only source holds a novel type: it would put that type in train."""
+    held = [im for im in images if set(im.record.instance_types) & set(novel)]
+    if held:
+        held = [im for im in held if im.dataset is held[0].dataset]
+        leaked = sorted({t for im in held for t in im.record.instance_types} & set(novel))
+        raise ValueError(f"train-only source {held[0].dataset.root}: {len(held)} image(s) hold novel type(s) "
+                         f"{leaked} (first: {held[0].record.name!r}), and a novel type must never reach train; "
+                         "hold out other novel types or leave those images out of the train-only source")
 
 
 def source_group(dataset: Dataset, record: ImageRecord, pattern: str | None) -> str:

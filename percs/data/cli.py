@@ -144,7 +144,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", DataWarning)
-            dataset = build_benchmark(args.sources, args.out, config, progress=True, overwrite=args.overwrite)
+            dataset = build_benchmark(args.sources, args.out, config, progress=True, overwrite=args.overwrite,
+                                      train_only=args.train_only)
     except (DataFileError, DatasetError, ValueError) as error:
         print(f"percs data build: error: {error}", file=sys.stderr)
         return 1
@@ -172,6 +173,9 @@ def _add_build(sub) -> None:
     p = sub.add_parser("build", help="assemble a benchmark (splits, mixed-type images, fixed queries) from "
                                      "imported datasets")
     p.add_argument("sources", nargs="+", type=Path, help="imported dataset folders (percs data import)")
+    p.add_argument("--train-only", action="append", default=[], type=Path, metavar="SOURCE",
+                   help="an imported dataset folder whose images all go to train (repeatable): val, test, novel "
+                        "and the queries stay those of the build without it; an image of a novel type is an error")
     p.add_argument("--out", required=True, type=Path,
                    help="new benchmark folder (must not exist or be empty, unless --overwrite)")
     p.add_argument("--overwrite", action="store_true",
