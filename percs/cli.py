@@ -26,9 +26,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_data_commands(sub)
 
-    from percs.train.cli import add_train_command  # `percs train`
+    from percs.train.cli import add_train_command, add_train_scorer_command  # `percs train`, `train-scorer`
 
     add_train_command(sub)
+    add_train_scorer_command(sub)
 
     from percs.evaluate.cli import add_eval_commands  # `percs eval`, `percs eval-table`
 

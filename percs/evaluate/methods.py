@@ -47,7 +47,8 @@ class MethodEntry:
 METHODS: dict[str, MethodEntry] = {}
 
 # Modules that register methods when imported (kept lazy: baselines pull optional packages only in their factory).
-METHOD_MODULES = ("percs.evaluate.percs_method", "percs.baselines.persam_options", "percs.baselines.filter_options")
+METHOD_MODULES = ("percs.evaluate.percs_method", "percs.baselines.persam_options", "percs.baselines.filter_options",
+                  "percs.evaluate.instance_options")
 
 
 def register_method(name: str, help: str, add_arguments=None):

@@ -33,3 +33,44 @@ def add_train_command(sub) -> None:
     p.add_argument("--out", required=True, help="run folder: config.json, log.jsonl, last.pt, best.pt")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     p.set_defaults(func=cmd_train)
+
+
+def cmd_train_scorer(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from percs.train.scorer import ScorerTraining, train_scorer
+
+    if args.backbone_weights and not Path(args.backbone_weights).is_file():
+        print(f"percs train-scorer: error: --backbone-weights {args.backbone_weights} does not exist",
+              file=sys.stderr)
+        return 2
+    if not (Path(args.data) / "manifest.json").is_file():
+        print(f"percs train-scorer: error: --data {args.data} is not a built benchmark (no manifest.json)",
+              file=sys.stderr)
+        return 2
+    try:
+        settings = ScorerTraining(items=args.items, epochs=args.epochs, lr=args.lr, seed=args.seed)
+        digest = train_scorer(args.data, args.backbone_weights, args.out, settings, args.backbone, args.cache)
+    except (ValueError, OSError) as error:
+        print(f"percs train-scorer: error: {error}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.out} (sha256 {digest})")
+    return 0
+
+
+def add_train_scorer_command(sub) -> None:
+    """Adds `percs train-scorer` to the subcommands of the percs parser."""
+    p = sub.add_parser("train-scorer", help="train the instance-level cell scorer (percs eval --method "
+                                            "percs-instance) on a benchmark's train split, frozen DINOv2 features")
+    p.add_argument("--data", required=True, help="a built benchmark (percs data build); its train split is used")
+    p.add_argument("--backbone", default="vits14", help="DINOv2 variant (default vits14)")
+    p.add_argument("--backbone-weights", metavar="FILE",
+                   help="its weights, e.g. ../shared/weights/dinov2_vits14_pretrain.pth (default: the official "
+                        "checkpoint from torch's download cache); must be the generic model's frozen backbone")
+    p.add_argument("--items", type=int, default=3000, help="training draws (crops) whose cells become pairs")
+    p.add_argument("--epochs", type=int, default=3, help="passes over the collected pairs (default 3)")
+    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the draws and of the fit")
+    p.add_argument("--cache", metavar="FILE", help="pairs cache (.pt): read when it exists, else written")
+    p.add_argument("--out", required=True, help="the scorer file to write (a .sha256 file is written beside it)")
+    p.set_defaults(func=cmd_train_scorer)

@@ -1,0 +1,121 @@
+"""The "percs-instance" method: PerCS-DINO's instance-level same-type decision (`percs.model.instance`).
+
+Every cell of the query image is found by a generic percs model (`model.head.generic=true`, its flows and
+"any cell" channel), each found cell is scored against the reference cell by a `CellScorer` from the frozen
+backbone's block features pooled under it and its descriptors, and the cells whose same-type probability is
+>= a threshold are kept. The threshold is chosen on the benchmark's val split as the filter baseline chooses
+its own (`percs.baselines.filter.choose_threshold`: the grid value with the best mean AP@0.5 over the val
+queries, -1 = keep every cell included), or given with --scorer-threshold.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+
+from percs.baselines.common import ImageCache
+from percs.baselines.filter import Candidates, choose_threshold, keep_similar
+from percs.evaluate.methods import MethodUnavailable
+from percs.model.instance import LAYERS, cell_descriptors, image_block_features, pad_to_grid, pool_cells, \
+    reference_vectors
+from percs.predict import as_input_image
+
+
+class InstanceDecision:
+    """Masks from `source` (a `PercsGenericMasks`) scored by `scorer` (a CellScorer) with the source model's
+    backbone; `segment(image, reference_image, reference_mask)` -> (H, W) int32 (see the module docstring)."""
+
+    def __init__(self, source, scorer, threshold: float = 0.5, layers=LAYERS):
+        self.source, self.scorer, self.threshold, self.layers = source, scorer, threshold, tuple(layers)
+        self.backbone = source.predictor.model.backbone
+        self.config = source.predictor.config
+        self.cells = ImageCache(self._cells)
+        self.settings: dict = {}
+        self.tuning = ""
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.backbone.parameters()).device
+
+    @property
+    def name(self) -> str:
+        return f"PerCS-DINO instance decision ({self.source.name} masks + learned cell scorer, " \
+               f"threshold {self.threshold:g}{self.tuning})"
+
+    @torch.no_grad()
+    def _cells(self, image: np.ndarray):
+        labels = self.source(image)
+        tensor = as_input_image(image, self.device)
+        features = image_block_features(self.backbone, tensor, self.layers, self.config.window,
+                                        self.config.stride, self.config.batch_size)
+        padded = pad_to_grid(torch.from_numpy(labels.astype(np.int64)).to(self.device), features[0].shape[1:])
+        cells, pooled = pool_cells(features, padded)
+        _, descriptors = cell_descriptors(tensor, padded[: labels.shape[0], : labels.shape[1]])
+        return labels, cells.cpu().numpy(), pooled, descriptors
+
+    @torch.no_grad()
+    def probabilities(self, image, reference_image, reference_mask) -> Candidates:
+        """The query's generic masks and each one's same-type probability."""
+        labels, cells, pooled, descriptors = self.cells(image)
+        if len(cells) == 0:
+            return Candidates(labels, cells, np.zeros(0, np.float32))
+        reference = as_input_image(reference_image, self.device)
+        mask = torch.as_tensor(np.asarray(reference_mask) != 0, device=self.device)
+        if tuple(mask.shape) != tuple(reference.shape[1:]):
+            raise ValueError(f"reference_mask has shape {tuple(mask.shape)}, expected {tuple(reference.shape[1:])}")
+        reference_pooled, reference_descriptors = reference_vectors(self.backbone, reference, mask, self.layers,
+                                                                    self.config.reference_window)
+        logits = self.scorer(pooled, reference_pooled, descriptors, reference_descriptors)
+        return Candidates(labels, cells, torch.sigmoid(logits).cpu().numpy())
+
+    def segment(self, image: np.ndarray, reference_image: np.ndarray, reference_mask: np.ndarray) -> np.ndarray:
+        found = self.probabilities(image, reference_image, reference_mask)
+        return keep_similar(found.labels, found.cells, found.similarity, self.threshold)
+
+    def tune(self, dataset, split: str = "val", max_queries: int = 0) -> dict[float, float]:
+        """Sets the threshold to the best grid value on `split`'s queries (the first max_queries; 0: all);
+        returns every grid value's mean AP@0.5."""
+        queries = [q for q in dataset.queries if dataset.record(q.image).split == split]
+        queries = queries[:max_queries] if max_queries else queries
+        if not queries:
+            raise ValueError(f"split {split!r} of dataset {dataset.name!r} has no queries to choose the threshold on")
+        found, truths = [], []
+        for query in queries:
+            record, reference = dataset.record(query.image), dataset.record(query.reference_image)
+            labels = dataset.read_labels(record)
+            truths.append(np.where(np.isin(labels, record.labels_of_type(query.target_type)), labels, 0))
+            reference_mask = dataset.read_labels(reference) == query.reference_label
+            found.append(self.probabilities(dataset.read_image(record), dataset.read_image(reference), reference_mask))
+        self.threshold, scores = choose_threshold(found, truths)
+        self.tuning = f" on {split}" + (f", {len(queries)} queries" if max_queries else "")
+        return scores
+
+
+def build_instance(args: argparse.Namespace, dataset=None) -> InstanceDecision:
+    """The percs-instance method on `args.device`; its threshold chosen on `dataset`'s val split unless given."""
+    from percs.api import resolve_device
+    from percs.baselines.generic import PercsGenericMasks
+    from percs.train.scorer import backbone_fingerprint, load_scorer
+
+    if not args.generic_checkpoint or not args.scorer:
+        raise MethodUnavailable("--method percs-instance needs --generic-checkpoint (a generic percs model) and "
+                                "--scorer (a `percs train-scorer` file)")
+    if args.scorer_threshold is None and dataset is None:
+        raise ValueError("--scorer-threshold is required without a dataset to choose it on")
+    device = resolve_device(getattr(args, "device", "auto"))
+    source = PercsGenericMasks(args.generic_checkpoint, device)
+    scorer, record = load_scorer(args.scorer, device)
+    fingerprint = backbone_fingerprint(source.predictor.model.backbone)
+    if record.get("backbone_fingerprint") not in (None, fingerprint):
+        raise ValueError(f"--scorer {args.scorer} was trained on other backbone weights than "
+                         f"--generic-checkpoint {args.generic_checkpoint}'s (fingerprints differ)")
+    method = InstanceDecision(source, scorer, args.scorer_threshold or 0.0, record["layers"])
+    method.settings = {"masks": source.name, "generic_checkpoint": args.generic_checkpoint, "scorer": args.scorer,
+                       "scorer_trained_on": record["trained_on"], "layers": record["layers"], "device": str(device)}
+    if args.scorer_threshold is None:
+        scores = method.tune(dataset, "val", args.scorer_val_queries)
+        method.settings.update(val_queries=args.scorer_val_queries or "all", val_mean_ap50_by_threshold=scores)
+    method.settings["threshold"] = method.threshold
+    return method

@@ -1,0 +1,181 @@
+"""The instance-level same-type decision: every cell found, then each cell scored against the reference.
+
+A class-agnostic model (`model.head.generic=true`) finds every cell with its flows; each found cell is then
+compared with the reference cell by a small learned `CellScorer` from
+
+- its DINOv2 features of several blocks (`LAYERS`), pooled under the cell with each 14 x 14 patch's covered
+  fraction as `percs.model.reference` pools the reference: per block, the element-wise product and absolute
+  difference of the cell's and the reference's L2-normalised vectors, so the scorer learns a metric on the
+  vectors, not only their cosine;
+- the cosine per block, raw and standardised over the candidate cells of the same image (the decision is made
+  within one image: "more like the reference than this image's other cells");
+- explicit descriptors (`DESCRIPTORS`: log area, mean and standard deviation of each normalised channel,
+  eccentricity), as differences from the reference's and standardised within the image.
+
+The scorer is trained on pairs drawn as training draws them (`percs.train.scorer`): every cell of a training
+crop, pasted cells included, against the item's reference cell, labelled same type or not.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from percs.model.backbone import PATCH_SIZE, interpolate_pos_embed, patch_grid
+from percs.model.reference import embed_reference, label_coverage, pool_features, reference_window
+
+LAYERS = (4, 8, 12)
+DESCRIPTORS = ("log_area", "mean_0", "mean_1", "mean_2", "std_0", "std_1", "std_2", "eccentricity")
+
+
+def block_features(backbone, images: torch.Tensor, layers=LAYERS) -> list[torch.Tensor]:
+    """Patch features after each block in `layers` (1-based), each through the backbone's final LayerNorm as
+    DINOv2's `get_intermediate_layers(norm=True)`: images (B, 3, H, W) -> [(B, C, H/14, W/14)] per layer.
+    Blocks after the deepest one asked for are not run."""
+    if not layers or min(layers) < 1 or max(layers) > len(backbone.blocks):
+        raise ValueError(f"layers must be block numbers in 1..{len(backbone.blocks)}, got {tuple(layers)}")
+    grid = patch_grid(images)
+    batch = images.shape[0]
+    tokens = torch.cat((backbone.cls_token.expand(batch, -1, -1), backbone.patch_embed(images)), dim=1)
+    tokens = tokens + interpolate_pos_embed(backbone.pos_embed, grid, backbone.spec.interpolate_offset,
+                                            backbone.spec.interpolate_antialias)
+    out = []
+    for depth, block in enumerate(backbone.blocks, start=1):
+        tokens = block(tokens)
+        if depth in layers:
+            normed = backbone.norm(tokens)[:, 1:]
+            out.append(normed.transpose(1, 2).reshape(batch, -1, *grid))
+        if depth == max(layers):
+            break
+    return out
+
+
+def cell_descriptors(image: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cells (N,) int64 ascending, descriptors (N, len(DESCRIPTORS)) float32) of the cells of labels (H, W)
+    in a normalised image (3, H, W): log area, each channel's mean and (population) standard deviation over
+    the cell, and the eccentricity of the cell's pixel coordinates (skimage's regionprops definition: the
+    ellipse with the same second central moments). Sums in float64 through index_add (any device)."""
+    if image.ndim != 3 or labels.shape != image.shape[1:]:
+        raise ValueError(f"image {tuple(image.shape)} and labels {tuple(labels.shape)} must be (C, H, W) and (H, W)")
+    inside = labels > 0
+    cells, index = torch.unique(labels[inside], return_inverse=True)
+    n = len(cells)
+    if n == 0:
+        return cells.long(), image.new_zeros(0, len(DESCRIPTORS))
+    device = image.device
+    ys, xs = torch.meshgrid(torch.arange(labels.shape[0], device=device, dtype=torch.float64),
+                            torch.arange(labels.shape[1], device=device, dtype=torch.float64), indexing="ij")
+    columns = [torch.ones_like(ys), ys, xs, ys * ys, xs * xs, ys * xs]
+    values = image.double()
+    columns += [c for channel in values for c in (channel, channel * channel)]
+    stacked = torch.stack([c[inside] for c in columns], 1)
+    sums = torch.zeros(n, stacked.shape[1], dtype=torch.float64, device=device).index_add_(0, index, stacked)
+    area = sums[:, 0]
+    mean = sums / area[:, None]
+    mu_yy = mean[:, 3] - mean[:, 1] ** 2
+    mu_xx = mean[:, 4] - mean[:, 2] ** 2
+    mu_xy = mean[:, 5] - mean[:, 1] * mean[:, 2]
+    half_trace, root = (mu_yy + mu_xx) / 2, torch.sqrt(((mu_yy - mu_xx) / 2) ** 2 + mu_xy ** 2)
+    major, minor = half_trace + root, (half_trace - root).clamp_min(0)
+    eccentricity = torch.where(major > 0, torch.sqrt((1 - minor / major.clamp_min(1e-300)).clamp(0, 1)),
+                               torch.zeros_like(major))
+    channel_mean = mean[:, 6::2]
+    channel_std = torch.sqrt((mean[:, 7::2] - channel_mean ** 2).clamp_min(0))
+    descriptors = torch.cat((area.log()[:, None], channel_mean, channel_std, eccentricity[:, None]), 1)
+    return cells.long(), descriptors.float()
+
+
+def pool_cells(features: list[torch.Tensor], labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cells (N,), pooled (N, L, C)) of labels (h * 14, w * 14) over per-layer features [(C, h, w)]."""
+    cells, coverage = label_coverage(labels)
+    if len(cells) == 0:
+        return cells, features[0].new_zeros(0, len(features), features[0].shape[0])
+    pooled = [pool_features(f[None].float(), coverage[None])[0] for f in features]
+    return cells, torch.stack(pooled, 1)
+
+
+def reference_vectors(backbone, image: torch.Tensor, mask: torch.Tensor, layers=LAYERS,
+                      window: int = 224) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pooled (L, C), descriptors (D,)) of a reference cell, mask (H, W) bool in a normalised image (3, H, W):
+    its block features in the window centred on it (`reference_window`, as the reference embedding)."""
+    crop, crop_mask = reference_window(image, mask, window)
+    per_layer = block_features(backbone, crop[None], layers)
+    pooled = torch.stack([embed_reference(f.float(), crop_mask[None])[0] for f in per_layer])
+    _, descriptors = cell_descriptors(image, mask.to(torch.int64))
+    return pooled, descriptors[0]
+
+
+def group_standardise(values: torch.Tensor, groups: torch.Tensor, n_groups: int) -> torch.Tensor:
+    """values (N, K) minus their group's mean, over the group's standard deviation (+ 1e-3): groups (N,)."""
+    count = torch.bincount(groups, minlength=n_groups).clamp_min(1).to(values.dtype)[:, None]
+    mean = torch.zeros(n_groups, values.shape[1], dtype=values.dtype, device=values.device)
+    mean = mean.index_add_(0, groups, values) / count
+    centred = values - mean[groups]
+    var = torch.zeros_like(mean).index_add_(0, groups, centred * centred) / count
+    return centred / (var.sqrt() + 1e-3)[groups]
+
+
+class CellScorer(nn.Module):
+    """Same-type logit of each candidate cell against its reference (see the module docstring).
+
+    layers, dim: the pooled vectors' blocks and width; n_descriptors: len(DESCRIPTORS); width: per-block
+    projection of [u * v, |u - v|]; hidden: the head's hidden width.
+    """
+
+    def __init__(self, layers: int, dim: int, n_descriptors: int = len(DESCRIPTORS), width: int = 64,
+                 hidden: int = 128, dropout: float = 0.2):
+        super().__init__()
+        self.layers, self.dim, self.n_descriptors = layers, dim, n_descriptors
+        self.per_layer = nn.ModuleList(nn.Linear(2 * dim, width) for _ in range(layers))
+        inputs = layers * width + 2 * layers + 3 * n_descriptors
+        self.head = nn.Sequential(nn.Linear(inputs, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, 1))
+
+    def forward(self, cells: torch.Tensor, references: torch.Tensor, cell_descriptors: torch.Tensor,
+                reference_descriptors: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
+        """cells (N, L, C) pooled vectors; references (N, L, C) or (L, C), each cell's reference; descriptors
+        (N, D) and (N, D) or (D,); groups (N,) int64, the image (candidate set) of each cell, for the
+        within-image standardisation (None: all cells one image). Returns (N,) logits."""
+        if cells.ndim != 3 or cells.shape[1:] != (self.layers, self.dim):
+            raise ValueError(f"cells has shape {tuple(cells.shape)}, expected (N, {self.layers}, {self.dim})")
+        references = references.expand_as(cells)
+        reference_descriptors = reference_descriptors.expand_as(cell_descriptors)
+        if groups is None:
+            groups = torch.zeros(len(cells), dtype=torch.int64, device=cells.device)
+        n_groups = int(groups.max()) + 1 if len(groups) else 1
+        u, v = F.normalize(cells.float(), dim=-1), F.normalize(references.float(), dim=-1)
+        parts = [F.gelu(project(torch.cat((u[:, i] * v[:, i], (u[:, i] - v[:, i]).abs()), -1)))
+                 for i, project in enumerate(self.per_layer)]
+        cosine = (u * v).sum(-1)
+        difference = cell_descriptors.float() - reference_descriptors.float()
+        context = group_standardise(torch.cat((cosine, cell_descriptors.float()), 1), groups, n_groups)
+        return self.head(torch.cat(parts + [cosine, difference, difference.abs(), context], -1))[:, 0]
+
+
+def image_block_features(backbone, image: torch.Tensor, layers=LAYERS, window: int = 224, stride: int = 168,
+                         batch_size: int = 8) -> list[torch.Tensor]:
+    """Block features of a normalised (3, H, W) image over its padded grid [(C, Hp/14, Wp/14)] per layer: the
+    predictor's sliding windows (`percs.predict.sliding_windows`), averaged where windows overlap."""
+    from percs.predict import sliding_windows, window_batches
+
+    padded, corners = sliding_windows(image, window, stride)
+    grid = (padded.shape[1] // PATCH_SIZE, padded.shape[2] // PATCH_SIZE)
+    totals, count = None, image.new_zeros(1, *grid)
+    side = window // PATCH_SIZE
+    for batch, windows in window_batches(padded, corners, window, batch_size):
+        per_layer = block_features(backbone, windows, layers)
+        if totals is None:
+            totals = [image.new_zeros(f.shape[1], *grid) for f in per_layer]
+        for i, (top, left) in enumerate(batch):
+            rows = slice(top // PATCH_SIZE, top // PATCH_SIZE + side)
+            cols = slice(left // PATCH_SIZE, left // PATCH_SIZE + side)
+            for total, f in zip(totals, per_layer):
+                total[:, rows, cols] += f[i].float()
+            count[:, rows, cols] += 1
+    return [t / count for t in totals]
+
+
+def pad_to_grid(labels: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """labels (H, W) zero-padded at the bottom and right to (14 * grid[0], 14 * grid[1])."""
+    rows, cols = (PATCH_SIZE * side for side in grid)
+    return F.pad(labels, (0, cols - labels.shape[1], 0, rows - labels.shape[0]))

@@ -1,0 +1,217 @@
+"""Training the instance-level `CellScorer` (`percs.model.instance`) on a benchmark's train split.
+
+Pairs are drawn as `percs train` draws its items (`percs.data.dataset.TrainDataset`: random crops, flips,
+cells of other types pasted on the fly, a reference cell of a type drawn per cell from another image): every
+true cell of a crop is a candidate, labelled 1 when its type is the reference's. The frozen DINOv2 backbone's
+block features are pooled under each cell and under the reference once (`collect_pairs`, the slow part,
+about 0.2 s per draw on a 2-core CPU); the scorer is then fitted on those vectors for a few epochs, the
+positive class weighted by the negatives' share, each batch a set of whole crops so that the within-image
+standardisation sees its candidate set.
+
+`percs train-scorer` writes a scorer file: the scorer's weights and shape, its layers, the backbone's name,
+and what it was trained on, with the file's SHA-256 checked on load (`load_scorer`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from percs.model.instance import DESCRIPTORS, LAYERS, CellScorer, block_features, cell_descriptors, pool_cells
+
+SCORER_KIND = "percs-cell-scorer"
+
+
+@dataclass(frozen=True)
+class ScorerTraining:
+    """items: training draws whose cells become pairs; epochs, lr, weight_decay, batch_crops: the fit (Adam
+    with decoupled weight decay); width, hidden, dropout: the scorer's shape; layers: DINOv2 blocks read."""
+
+    items: int = 3000
+    epochs: int = 3
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    batch_crops: int = 16
+    width: int = 64
+    hidden: int = 128
+    dropout: float = 0.2
+    layers: tuple[int, ...] = LAYERS
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for key in ("items", "epochs", "batch_crops", "width", "hidden"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"{key} must be positive, got {getattr(self, key)!r}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+
+
+@torch.no_grad()
+def crop_pairs(backbone, item, layers=LAYERS) -> dict | None:
+    """One training draw's candidates: pooled block vectors (N, L, C) float16, descriptors (N, D), the
+    reference's (L, C) and (D,), and targets (N,) bool; None for a crop without cells."""
+    cells, pooled = pool_cells([f[0] for f in block_features(backbone, item.image[None], layers)], item.instances)
+    if len(cells) == 0:
+        return None
+    _, descriptors = cell_descriptors(item.image, item.instances)
+    reference_layers = block_features(backbone, item.reference_image[None], layers)
+    from percs.model.reference import embed_reference
+
+    reference = torch.stack([embed_reference(f.float(), item.reference_mask[None])[0] for f in reference_layers])
+    _, reference_descriptors = cell_descriptors(item.reference_image, item.reference_mask.to(torch.int64))
+    types = item.instance_types[cells - 1]
+    return dict(cells=pooled.half(), descriptors=descriptors, reference=reference.half(),
+                reference_descriptors=reference_descriptors[0], target=types == item.reference_type)
+
+
+def collect_pairs(dataset_path, backbone, items: int, seed: int = 0, layers=LAYERS, progress: bool = True) -> list[dict]:
+    """`crop_pairs` of `items` TrainDataset draws of the train split (seeded)."""
+    from tqdm import tqdm
+
+    from percs.data.dataset import SamplingConfig, TrainDataset
+
+    data = TrainDataset(dataset_path, "train", SamplingConfig(), seed=seed, length=items)
+    backbone = backbone.eval()
+    pairs = []
+    for index in tqdm(range(items), desc="scorer pairs", unit="crop", disable=not progress):
+        pair = crop_pairs(backbone, data[index], layers)
+        if pair is not None:
+            pairs.append(pair)
+    if not pairs:
+        raise ValueError(f"no training draw of {dataset_path} had a cell")
+    return pairs
+
+
+def batch_of(pairs: list[dict]) -> tuple[torch.Tensor, ...]:
+    """Concatenated (cells, references, descriptors, reference descriptors, groups, targets) of crops."""
+    sizes = [len(p["target"]) for p in pairs]
+    cells = torch.cat([p["cells"] for p in pairs]).float()
+    references = torch.cat([p["reference"].float()[None].expand(n, -1, -1) for p, n in zip(pairs, sizes)])
+    descriptors = torch.cat([p["descriptors"] for p in pairs])
+    reference_descriptors = torch.cat([p["reference_descriptors"][None].expand(n, -1) for p, n in zip(pairs, sizes)])
+    groups = torch.repeat_interleave(torch.arange(len(pairs)), torch.tensor(sizes))
+    targets = torch.cat([p["target"] for p in pairs]).float()
+    return cells, references, descriptors, reference_descriptors, groups, targets
+
+
+def fit_scorer(pairs: list[dict], settings: ScorerTraining = ScorerTraining(), progress: bool = True) -> CellScorer:
+    """A CellScorer fitted on `collect_pairs` output (binary cross-entropy, positives weighted by the
+    negative/positive ratio), returned in eval mode."""
+    from tqdm import tqdm
+
+    generator = torch.Generator().manual_seed(settings.seed)
+    torch.manual_seed(settings.seed)
+    layers, dim = pairs[0]["cells"].shape[1:]
+    scorer = CellScorer(layers, dim, len(DESCRIPTORS), settings.width, settings.hidden, settings.dropout)
+    optimiser = torch.optim.AdamW(scorer.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    positives = sum(int(p["target"].sum()) for p in pairs)
+    total = sum(len(p["target"]) for p in pairs)
+    if positives in (0, total):
+        raise ValueError(f"the training pairs are all of one class ({positives} same-type of {total})")
+    weight = torch.tensor((total - positives) / positives)
+    steps = settings.epochs * math.ceil(len(pairs) / settings.batch_crops)
+    bar = tqdm(total=steps, desc="scorer fit", unit="step", disable=not progress)
+    scorer.train()
+    for _ in range(settings.epochs):
+        order = torch.randperm(len(pairs), generator=generator).tolist()
+        for start in range(0, len(order), settings.batch_crops):
+            cells, references, descriptors, reference_descriptors, groups, targets = batch_of(
+                [pairs[i] for i in order[start : start + settings.batch_crops]])
+            logits = scorer(cells, references, descriptors, reference_descriptors, groups)
+            loss = F.binary_cross_entropy_with_logits(logits, targets, pos_weight=weight)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+    bar.close()
+    return scorer.eval()
+
+
+def backbone_fingerprint(backbone: torch.nn.Module) -> str:
+    """SHA-256 of a backbone's parameters and buffers (names, shapes, float32 values, in state-dict order): the
+    same frozen DINOv2 whether it was read from a weights file or from a percs checkpoint."""
+    digest = hashlib.sha256()
+    for name, tensor in backbone.state_dict().items():
+        digest.update(f"{name}{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def save_scorer(path: str | Path, scorer: CellScorer, settings: ScorerTraining, backbone: str,
+                trained_on: dict, seconds: float, fingerprint: str | None = None) -> str:
+    """Writes a scorer file (see the module docstring); returns its SHA-256. fingerprint: the backbone's
+    `backbone_fingerprint`, checked against the generic model's when the scorer is used."""
+    state = {"kind": SCORER_KIND, "scorer": scorer.state_dict(), "layers": list(settings.layers),
+             "dim": scorer.dim, "descriptors": list(DESCRIPTORS), "settings": asdict(settings),
+             "backbone": backbone, "backbone_fingerprint": fingerprint, "trained_on": trained_on,
+             "train_seconds": seconds}
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    payload = buffer.getvalue()
+    digest = hashlib.sha256(payload).hexdigest()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(payload)
+    path.with_name(path.name + ".sha256").write_text(f"{digest}  {path.name}\n")
+    return digest
+
+
+def load_scorer(path: str | Path, device: str | torch.device = "cpu") -> tuple[CellScorer, dict]:
+    """(scorer in eval mode on device, the file's record) of a `save_scorer` file; its SHA-256 is checked
+    against the `.sha256` file beside it when that exists. A file that is not a scorer file is a ValueError
+    naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"scorer file {path} does not exist (or is not a file)")
+    payload = path.read_bytes()
+    digest_file = path.with_name(path.name + ".sha256")
+    if digest_file.is_file():
+        expected = digest_file.read_text().split()[0]
+        if hashlib.sha256(payload).hexdigest() != expected:
+            raise ValueError(f"scorer file {path} does not match its SHA-256 in {digest_file} (corrupt or changed)")
+    try:
+        record = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unpickling failure means "not a scorer file"
+        raise ValueError(f"scorer file {path} could not be read: {error}") from None
+    if not isinstance(record, dict) or record.get("kind") != SCORER_KIND:
+        raise ValueError(f"{path} is not a percs scorer file (written by percs train-scorer)")
+    settings = record["settings"]
+    scorer = CellScorer(len(record["layers"]), record["dim"], len(record["descriptors"]), settings["width"],
+                        settings["hidden"], settings["dropout"])
+    scorer.load_state_dict(record["scorer"])
+    return scorer.to(device).eval(), record
+
+
+def train_scorer(dataset_path, backbone_weights, out, settings: ScorerTraining = ScorerTraining(),
+                 backbone_name: str = "vits14", cache: str | Path | None = None) -> str:
+    """Collects pairs from `dataset_path`'s train split, fits a scorer and writes it to `out` (returns the
+    SHA-256). cache: a .pt file of the collected pairs, read when it exists and written otherwise."""
+    from percs.data.format import load_dataset
+    from percs.model.backbone_weights import load_backbone
+
+    start = time.time()
+    dataset = load_dataset(dataset_path)
+    cache = Path(cache) if cache else None
+    backbone = load_backbone(backbone_name, backbone_weights)
+    if cache is not None and cache.is_file():
+        pairs = torch.load(cache, weights_only=True)
+    else:
+        pairs = collect_pairs(dataset_path, backbone, settings.items, settings.seed, settings.layers)
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(pairs, cache)
+    scorer = fit_scorer(pairs, settings)
+    positives = sum(int(p["target"].sum()) for p in pairs)
+    trained_on = {"dataset": dataset.name, "path": str(Path(dataset_path).resolve()), "split": "train",
+                  "crops": len(pairs), "cells": sum(len(p["target"]) for p in pairs), "same_type": positives,
+                  "backbone_weights": str(backbone_weights or "official")}
+    return save_scorer(out, scorer, settings, backbone_name, trained_on, time.time() - start,
+                       backbone_fingerprint(backbone))

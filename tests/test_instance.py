@@ -1,0 +1,219 @@
+"""The instance-level same-type decision: block features, descriptors against skimage, pooling, the scorer,
+its training and file, and the percs-instance method end to end on a tiny model."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+
+import numpy as np
+import pytest
+import torch
+from skimage.measure import regionprops_table
+
+from baseline_helpers import generic_checkpoint, red_and_green_disks
+from model_helpers import tiny_model
+from percs.model.backbone import BackboneSpec, DinoVisionTransformer
+from percs.model.instance import (DESCRIPTORS, CellScorer, block_features, cell_descriptors, group_standardise,
+                                  image_block_features, pad_to_grid, pool_cells)
+from percs.train.scorer import (ScorerTraining, backbone_fingerprint, batch_of, collect_pairs, fit_scorer,
+                                load_scorer, save_scorer)
+from train_helpers import make_benchmark
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def small_backbone(depth: int = 3, seed: int = 0) -> DinoVisionTransformer:
+    torch.manual_seed(seed)
+    return DinoVisionTransformer(BackboneSpec(embed_dim=32, depth=depth, num_heads=2, ffn="mlp")).eval()
+
+
+def test_block_features_of_the_last_block_are_the_backbones_features():
+    backbone = small_backbone()
+    images = torch.randn(2, 3, 42, 56)
+    with torch.no_grad():
+        first, last = block_features(backbone, images, (1, 3))
+        expected = backbone(images).features
+    assert first.shape == last.shape == (2, 32, 3, 4)
+    torch.testing.assert_close(last, expected)
+    assert not torch.allclose(first, last)
+    with pytest.raises(ValueError, match="block numbers in 1..3"):
+        block_features(backbone, images, (4,))
+
+
+def _oracle_descriptors(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    props = regionprops_table(labels, intensity_image=np.moveaxis(image, 0, -1),
+                              properties=("label", "area", "intensity_mean", "intensity_std", "eccentricity"))
+    columns = [np.log(props["area"])] + [props[f"intensity_mean-{c}"] for c in range(3)]
+    columns += [props[f"intensity_std-{c}"] for c in range(3)] + [props["eccentricity"]]
+    return np.stack(columns, 1)
+
+
+@pytest.mark.parametrize("source", ["real", "random"])
+def test_cell_descriptors_match_skimage_regionprops(source):
+    rng = np.random.default_rng(1)
+    if source == "real":
+        from conftest import data_dir, read_label_image
+
+        labels = read_label_image(data_dir("cellpose_styles") / "Kc167" / "095_masks.png")[:200, :200]
+    else:
+        labels = rng.integers(0, 6, (40, 50)).astype(np.int32)  # scattered, non-convex cells
+    image = rng.normal(size=(3, *labels.shape)).astype(np.float32)
+    cells, descriptors = cell_descriptors(torch.from_numpy(image), torch.from_numpy(labels))
+    np.testing.assert_array_equal(cells.numpy(), np.unique(labels[labels > 0]))
+    assert descriptors.shape == (len(cells), len(DESCRIPTORS))
+    np.testing.assert_allclose(descriptors.numpy(), _oracle_descriptors(image, labels), rtol=1e-5, atol=1e-5)
+
+
+def test_cell_descriptors_of_a_single_pixel_and_no_cell():
+    image = torch.ones(3, 5, 5)
+    labels = torch.zeros(5, 5, dtype=torch.int64)
+    assert cell_descriptors(image, labels)[1].shape == (0, len(DESCRIPTORS))
+    labels[2, 3] = 7
+    cells, descriptors = cell_descriptors(image, labels)
+    assert cells.tolist() == [7]
+    np.testing.assert_allclose(descriptors[0].numpy(), [0, 1, 1, 1, 0, 0, 0, 0], atol=1e-7)
+
+
+def test_pool_cells_weighs_patches_by_covered_fraction():
+    features = [torch.arange(2 * 2 * 3, dtype=torch.float32).reshape(2, 2, 3), torch.ones(2, 2, 3)]
+    labels = torch.zeros(28, 42, dtype=torch.int64)
+    labels[0:14, 0:14] = 3            # patch (0, 0) whole
+    labels[14:21, 14:28] = 5          # half of patch (1, 1)
+    labels[20:28, 27:29] = 9          # straddles patches (1, 1) and (1, 2)
+    cells, pooled = pool_cells(features, labels)
+    assert cells.tolist() == [3, 5, 9] and pooled.shape == (3, 2, 2)
+    np.testing.assert_allclose(pooled[0, 0].numpy(), features[0][:, 0, 0].numpy())
+    np.testing.assert_allclose(pooled[1, 0].numpy(), features[0][:, 1, 1].numpy())
+    np.testing.assert_allclose(pooled[2, 0].numpy(), features[0][:, 1, 1:3].mean(1).numpy())
+    np.testing.assert_allclose(pooled[:, 1].numpy(), 1.0)
+    assert pad_to_grid(torch.ones(20, 30, dtype=torch.int64), (2, 3)).shape == (28, 42)
+
+
+def test_image_block_features_equal_one_window_when_the_image_is_one_window():
+    backbone = small_backbone()
+    image = torch.randn(3, 56, 56)
+    with torch.no_grad():
+        whole = image_block_features(backbone, image, (2, 3), window=56, stride=42)
+        direct = block_features(backbone, image[None], (2, 3))
+    for a, b in zip(whole, direct):
+        torch.testing.assert_close(a, b[0])
+
+
+def test_group_standardise_centres_and_scales_each_group():
+    values = torch.tensor([[1.0], [3.0], [10.0], [10.0], [40.0]])
+    groups = torch.tensor([0, 0, 1, 1, 1])
+    out = group_standardise(values, groups, 2)
+    for g in (0, 1):
+        assert abs(float(out[groups == g].mean())) < 1e-6
+    torch.testing.assert_close(out[:2, 0], torch.tensor([-1.0, 1.0]) / (1 + 1e-3))
+
+
+def test_scorer_is_equivariant_to_the_order_of_cells_and_checks_shapes():
+    torch.manual_seed(0)
+    scorer = CellScorer(2, 16).eval()
+    cells, reference = torch.randn(7, 2, 16), torch.randn(2, 16)
+    descriptors, reference_descriptors = torch.randn(7, len(DESCRIPTORS)), torch.randn(len(DESCRIPTORS))
+    logits = scorer(cells, reference, descriptors, reference_descriptors)
+    order = torch.randperm(7)
+    torch.testing.assert_close(scorer(cells[order], reference, descriptors[order], reference_descriptors),
+                               logits[order])
+    with pytest.raises(ValueError, match="expected \\(N, 2, 16\\)"):
+        scorer(cells[:, :1], reference, descriptors, reference_descriptors)
+
+
+def _separable_pairs(crops: int, seed: int) -> list[dict]:
+    """Crops whose same-type cells have the reference's vector direction in layer 0 plus noise, others not."""
+    rng = np.random.default_rng(seed)
+    pairs = []
+    for _ in range(crops):
+        n = 12
+        reference = rng.normal(size=(2, 16))
+        target = rng.random(n) < 0.4
+        cells = rng.normal(size=(n, 2, 16))
+        cells[target, 0] = reference[0] + 0.3 * rng.normal(size=(int(target.sum()), 16))
+        pairs.append(dict(cells=torch.tensor(cells).half(), descriptors=torch.tensor(rng.normal(size=(n, 8))).float(),
+                          reference=torch.tensor(reference).half(), reference_descriptors=torch.zeros(8),
+                          target=torch.tensor(target)))
+    return pairs
+
+
+def _auc(scores: np.ndarray, positive: np.ndarray) -> float:
+    pos, neg = scores[positive], scores[~positive]
+    return float((pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean())
+
+
+def test_fit_scorer_learns_a_metric_on_the_vectors_and_round_trips_through_its_file(tmp_path):
+    scorer = fit_scorer(_separable_pairs(200, 0), ScorerTraining(epochs=4, layers=(1, 2)), progress=False)
+    cells, references, descriptors, reference_descriptors, groups, targets = batch_of(_separable_pairs(40, 1))
+    with torch.no_grad():
+        logits = scorer(cells, references, descriptors, reference_descriptors, groups)
+    assert _auc(logits.numpy(), targets.numpy() > 0) > 0.95
+    path = tmp_path / "scorer.pt"
+    digest = save_scorer(path, scorer, ScorerTraining(layers=(1, 2)), "vits14", {"dataset": "separable"}, 1.0, "f")
+    loaded, record = load_scorer(path)
+    assert record["trained_on"] == {"dataset": "separable"} and record["layers"] == [1, 2]
+    assert (tmp_path / "scorer.pt.sha256").read_text().split()[0] == digest
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(cells, references, descriptors, reference_descriptors, groups), logits)
+    path.write_bytes(path.read_bytes()[:-3] + b"xyz")
+    with pytest.raises(ValueError, match="does not match its SHA-256"):
+        load_scorer(path)
+    torch.save({"kind": "something else"}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a percs scorer file"):
+        load_scorer(tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="does not exist"):
+        load_scorer(tmp_path / "missing.pt")
+
+
+def test_fit_scorer_refuses_one_class_pairs():
+    pairs = _separable_pairs(3, 0)
+    for pair in pairs:
+        pair["target"][:] = False
+    with pytest.raises(ValueError, match="all of one class"):
+        fit_scorer(pairs, ScorerTraining(epochs=1), progress=False)
+
+
+def test_collect_pairs_labels_each_crop_cell_by_the_references_type(tmp_path):
+    bench = make_benchmark(tmp_path)
+    backbone = small_backbone(depth=2)
+    pairs = collect_pairs(bench, backbone, items=6, seed=0, layers=(1, 2), progress=False)
+    assert pairs and all(p["cells"].shape[1:] == (2, 32) and p["reference"].shape == (2, 32) for p in pairs)
+    assert all(len(p["target"]) == len(p["descriptors"]) == len(p["cells"]) for p in pairs)
+    assert any(bool(p["target"].any()) for p in pairs) and any(bool((~p["target"]).any()) for p in pairs)
+
+
+def _instance_args(**given):
+    values = dict(generic_checkpoint=None, scorer=None, scorer_threshold=None, scorer_val_queries=2, device="cpu")
+    values.update(given)
+    return argparse.Namespace(**values)
+
+
+def test_percs_instance_method_scores_the_generic_masks(tmp_path):
+    from percs.api import load_model
+    from percs.data.format import load_dataset
+    from percs.evaluate.instance_method import build_instance
+    from percs.evaluate.methods import MethodUnavailable
+
+    bench = make_benchmark(tmp_path)
+    checkpoint = generic_checkpoint(bench, tmp_path / "generic.pt", generic=True)
+    backbone = copy.deepcopy(load_model(checkpoint, "cpu")[0].backbone)
+    settings = ScorerTraining(layers=(1,), epochs=1)
+    scorer = fit_scorer(_separable_pairs(4, 0), ScorerTraining(layers=(1,), epochs=1), progress=False)
+    scorer = CellScorer(1, 32)  # the right width for the tiny backbone, untrained
+    path = tmp_path / "scorer.pt"
+    save_scorer(path, scorer.eval(), settings, "vits14", {"dataset": "tiny"}, 0.0, backbone_fingerprint(backbone))
+    method = build_instance(_instance_args(generic_checkpoint=str(checkpoint), scorer=str(path)), load_dataset(bench))
+    assert method.name.endswith(f"threshold {method.threshold:g} on val, 2 queries)")
+    assert method.settings["threshold"] in method.settings["val_mean_ap50_by_threshold"]
+    image, red, _ = red_and_green_disks()
+    found = method.probabilities(image, image, red == 1)
+    np.testing.assert_array_equal(found.labels, method.source(image))
+    assert found.similarity.shape == found.cells.shape and ((0 <= found.similarity) & (found.similarity <= 1)).all()
+    method.threshold = -1.0
+    np.testing.assert_array_equal(method.segment(image, image, red == 1), method.source(image))
+    with pytest.raises(MethodUnavailable, match="--scorer"):
+        build_instance(_instance_args(generic_checkpoint=str(checkpoint)))
+    save_scorer(path, scorer.eval(), settings, "vits14", {"dataset": "tiny"}, 0.0, "another backbone")
+    with pytest.raises(ValueError, match="other backbone weights"):
+        build_instance(_instance_args(generic_checkpoint=str(checkpoint), scorer=str(path), scorer_threshold=0.5))
