@@ -76,7 +76,7 @@ def test_masks_to_flows(benchmark, datasets, name, impl):
 @pytest.mark.parametrize("name", ["real95", "synthetic2048"])
 @pytest.mark.parametrize("impl", ["percs", "cellpose"])
 def test_flows_to_masks(benchmark, datasets, name, impl):
-    """Both start from percs' flows (the peers' flows differ slightly, see README); masks are compared."""
+    """Both start from percs' flows (the peers' flows differ slightly, see docs/flows.md); masks are compared."""
     benchmark.group = f"flows_to_masks {name}"
     images = datasets[name]
     flows = percs_flows(images)

@@ -26,7 +26,7 @@ from typing import Callable
 # The demo's training run (percs.train.config keys). Paper choices kept: an Adam-family optimiser, LR / 10 for
 # the last epochs, flips, the three losses; made small so it fits minutes on a CPU: 112-pixel crops and windows,
 # batches of 4, a 4-block 96-wide ViT trained from scratch, a 96-wide head. Three keys that are not the paper's
-# (see README, Train): the decoder's detail branch (synthetic round cells are 10-14 pixels across, one token),
+# (see docs/training.md): the decoder's detail branch (synthetic round cells are 10-14 pixels across, one token),
 # the similarity term in the same-type logit, and the contrastive loss on the backbone's features, which is what
 # teaches a backbone that starts from random weights to tell the types apart (measured on this demo's
 # benchmark, 640 steps: AP@0.5 on val 0.04 without the last two, 0.25 with the similarity term alone).

@@ -1,6 +1,6 @@
 """The baselines on the real optional packages (the `baselines` extra); every test skips cleanly without them.
 
-Run in the extra's own environment (see README, Baselines): `pytest -q tests/test_baselines_extra.py`.
+Run in the extra's own environment (see docs/baselines.md): `pytest -q tests/test_baselines_extra.py`.
 """
 
 from __future__ import annotations

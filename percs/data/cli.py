@@ -223,7 +223,7 @@ def _common(p: argparse.ArgumentParser) -> None:
                         "_ . + - only; several OLD may share one NEW, merging them (repeatable)")
     p.add_argument("--keep-empty", action="store_true",
                    help="keep images without cells as negative images (no query, training crops with an absent "
-                        "target); default: skip them and print their count, as the benchmarks in the README do")
+                        "target); default: skip them and print their count, as the benchmarks in docs/benchmarks.md do")
     p.add_argument("--group-pattern", metavar="REGEX",
                    help="group of each image: the first regex group (or the whole match) found in its name in the "
                         "dataset, e.g. '^(.*)_[0-9]+$' for tiles cut into patches; kept in the manifest and used by "
