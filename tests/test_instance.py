@@ -23,13 +23,15 @@ from train_helpers import make_benchmark
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def small_backbone(depth: int = 3, seed: int = 0) -> DinoVisionTransformer:
+def small_backbone(depth: int = 3, seed: int = 0, registers: int = 0) -> DinoVisionTransformer:
     torch.manual_seed(seed)
-    return DinoVisionTransformer(BackboneSpec(embed_dim=32, depth=depth, num_heads=2, ffn="mlp")).eval()
+    spec = BackboneSpec(embed_dim=32, depth=depth, num_heads=2, ffn="mlp", num_register_tokens=registers)
+    return DinoVisionTransformer(spec).eval()
 
 
-def test_block_features_of_the_last_block_are_the_backbones_features():
-    backbone = small_backbone()
+@pytest.mark.parametrize("registers", [0, 4])
+def test_block_features_of_the_last_block_are_the_backbones_features(registers):
+    backbone = small_backbone(registers=registers)
     images = torch.randn(2, 3, 42, 56)
     with torch.no_grad():
         first, last = block_features(backbone, images, (1, 3))

@@ -76,11 +76,14 @@ class BackboneOutput:
     features: (B, C, H/14, W/14) patch tokens as a feature map, (y, x) order.
     class_token: (B, C).
     register_tokens: (B, R, C), R = 0 for the variants without registers.
+    blocks: the patch tokens after each block asked for with `forward(images, blocks=...)`, each through the
+    final LayerNorm as DINOv2's `get_intermediate_layers(norm=True)`, as (B, C, H/14, W/14) feature maps.
     """
 
     features: torch.Tensor
     class_token: torch.Tensor
     register_tokens: torch.Tensor
+    blocks: tuple[torch.Tensor, ...] = ()
 
 
 def patch_grid(images: torch.Tensor) -> tuple[int, int]:
@@ -266,11 +269,14 @@ class DinoVisionTransformer(nn.Module):
             elif isinstance(module, (nn.Conv2d, nn.LayerNorm, LayerScale)):
                 module.reset_parameters()
 
-    def forward(self, images: torch.Tensor) -> BackboneOutput:
+    def forward(self, images: torch.Tensor, blocks: tuple[int, ...] = ()) -> BackboneOutput:
         """Features of `images` (B, 3, H, W), ImageNet-normalised, H and W multiples of 14 (any other size).
 
-        Returns a `BackboneOutput`: features (B, C, H/14, W/14), class_token (B, C), register_tokens (B, R, C).
+        Returns a `BackboneOutput`: features (B, C, H/14, W/14), class_token (B, C), register_tokens (B, R, C),
+        and the normalised patch features after each block numbered in `blocks` (1-based, in that order).
         """
+        if any(not 1 <= b <= len(self.blocks) for b in blocks):
+            raise ValueError(f"blocks must be block numbers in 1..{len(self.blocks)}, got {tuple(blocks)}")
         grid = patch_grid(images)
         batch = images.shape[0]
         tokens = torch.cat((self.cls_token.expand(batch, -1, -1), self.patch_embed(images)), dim=1)
@@ -282,12 +288,15 @@ class DinoVisionTransformer(nn.Module):
             # Registers go after the position embedding: they have no position.
             registers = self.register_tokens.expand(batch, -1, -1)
             tokens = torch.cat((tokens[:, :1], registers, tokens[:, 1:]), dim=1)
-        for block in self.blocks:
-            tokens = block(tokens)
-        tokens = self.norm(tokens)
         first_patch = 1 + self.spec.num_register_tokens
+        kept = {}
+        for depth, block in enumerate(self.blocks, start=1):
+            tokens = block(tokens)
+            if depth in blocks:
+                kept[depth] = self.norm(tokens)[:, first_patch:].transpose(1, 2).reshape(batch, -1, *grid)
+        tokens = self.norm(tokens)
         features = tokens[:, first_patch:].transpose(1, 2).reshape(batch, -1, *grid)
-        return BackboneOutput(features, tokens[:, 0], tokens[:, 1:first_patch])
+        return BackboneOutput(features, tokens[:, 0], tokens[:, 1:first_patch], tuple(kept[b] for b in blocks))
 
 
 def build_backbone(name: str, device: torch.device | str | None = None) -> DinoVisionTransformer:

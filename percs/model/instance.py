@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from percs.model.backbone import PATCH_SIZE, interpolate_pos_embed, patch_grid
+from percs.model.backbone import PATCH_SIZE
 from percs.model.reference import embed_reference, label_coverage, pool_features, reference_window
 
 LAYERS = (4, 8, 12)
@@ -31,24 +31,10 @@ DESCRIPTORS = ("log_area", "mean_0", "mean_1", "mean_2", "std_0", "std_1", "std_
 
 def block_features(backbone, images: torch.Tensor, layers=LAYERS) -> list[torch.Tensor]:
     """Patch features after each block in `layers` (1-based), each through the backbone's final LayerNorm as
-    DINOv2's `get_intermediate_layers(norm=True)`: images (B, 3, H, W) -> [(B, C, H/14, W/14)] per layer.
-    Blocks after the deepest one asked for are not run."""
-    if not layers or min(layers) < 1 or max(layers) > len(backbone.blocks):
-        raise ValueError(f"layers must be block numbers in 1..{len(backbone.blocks)}, got {tuple(layers)}")
-    grid = patch_grid(images)
-    batch = images.shape[0]
-    tokens = torch.cat((backbone.cls_token.expand(batch, -1, -1), backbone.patch_embed(images)), dim=1)
-    tokens = tokens + interpolate_pos_embed(backbone.pos_embed, grid, backbone.spec.interpolate_offset,
-                                            backbone.spec.interpolate_antialias)
-    out = []
-    for depth, block in enumerate(backbone.blocks, start=1):
-        tokens = block(tokens)
-        if depth in layers:
-            normed = backbone.norm(tokens)[:, 1:]
-            out.append(normed.transpose(1, 2).reshape(batch, -1, *grid))
-        if depth == max(layers):
-            break
-    return out
+    DINOv2's `get_intermediate_layers(norm=True)`: images (B, 3, H, W) -> [(B, C, H/14, W/14)] per layer."""
+    if not layers:
+        raise ValueError("layers must name at least one block")
+    return list(backbone(images, blocks=tuple(layers)).blocks)
 
 
 def cell_descriptors(image: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
