@@ -8,6 +8,7 @@ The whole CPU dry run (`bash bench/gpu/check.sh --cpu-dry-run`) runs in CI after
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
@@ -190,3 +191,29 @@ def test_check_sh_reports_stages_it_had_no_time_for(tmp_path):
     stages = json.loads((tmp_path / "out" / "gpu_check.json").read_text())["stages"]
     assert list(stages) == list(STAGES)
     assert all(s["status"] == "skipped" and "no time left" in s["reason"] for s in stages.values())
+
+
+def test_a_terminated_stage_kills_the_commands_it_runs(tmp_path):
+    """check.sh's `timeout` signals the stage; the stage's commands run in their own process groups."""
+    import subprocess
+
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import signal; from pathlib import Path; "
+            "from common import kill_running, run_logged; signal.signal(signal.SIGTERM, kill_running); "
+            "run_logged(['bash', '-c', 'echo $$ > ' + sys.argv[2] + '; sleep 60'], Path(sys.argv[3]))")
+    pid_file = tmp_path / "pid"
+    stage = subprocess.Popen([sys.executable, "-c", code, str(REPO_ROOT / "bench" / "gpu"), str(pid_file),
+                              str(tmp_path / "log")])
+    for _ in range(100):
+        if pid_file.is_file() and pid_file.read_text().strip():
+            break
+        time.sleep(0.1)
+    stage.terminate()
+    assert stage.wait(timeout=30) == 128 + 15
+    child = int(pid_file.read_text())
+    for _ in range(50):
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    pytest.fail(f"the command {child} outlived its stage")

@@ -12,6 +12,7 @@ or was skipped, e.g. the CUDA stages of the CPU dry run).
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -19,7 +20,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parents[1] / "tests"), str(HERE.parent)]  # conftest, bench_predict
 
-from common import Context, Part  # noqa: E402
+from common import Context, Part, kill_running  # noqa: E402
 
 # name -> (time box on the GPU machine, time box in the CPU dry run), seconds; run in this order. The GPU
 # boxes add up to more than the budget (check.sh's --budget, 470 s by default): a stage never gets more than
@@ -35,6 +36,7 @@ STAGES = {
 
 
 def run_stage(name: str, ctx: Context) -> int:
+    signal.signal(signal.SIGTERM, kill_running)
     part = Part(ctx.work / "parts" / f"{name}.json")
     try:
         if name == "build":

@@ -171,6 +171,20 @@ def pytest_command() -> list[str]:
     return [str(script)] if script.is_file() else ["pytest"]
 
 
+_RUNNING: set[int] = set()  # process groups of the commands run_logged is waiting for
+
+
+def kill_running(signum: int, frame) -> None:
+    """SIGTERM handler of a stage (check.sh's `timeout`): the commands it started run in their own process
+    groups, out of the signal's reach, so they are killed here before the stage exits."""
+    for group in list(_RUNNING):
+        try:
+            os.killpg(group, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    raise SystemExit(128 + signum)
+
+
 def run_logged(command: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path = REPO_ROOT,
                timeout: float | None = None) -> subprocess.CompletedProcess:
     """Runs command with stdout and stderr appended to log (after a line naming the command) and kept in the
@@ -179,6 +193,7 @@ def run_logged(command: list[str], log: Path, env: dict[str, str] | None = None,
     log.parent.mkdir(parents=True, exist_ok=True)
     process = subprocess.Popen(command, cwd=cwd, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True)
+    _RUNNING.add(process.pid)
     try:
         output, _ = process.communicate(timeout=timeout)
         status = process.returncode
@@ -186,6 +201,8 @@ def run_logged(command: list[str], log: Path, env: dict[str, str] | None = None,
         os.killpg(process.pid, signal.SIGKILL)
         output, _ = process.communicate()
         output, status = f"{output}\n[killed after {timeout:.0f} s]", 124
+    finally:
+        _RUNNING.discard(process.pid)
     with open(log, "a") as file:
         file.write(f"$ {' '.join(command)}\n{output}\n[exit status {status}]\n")
     return subprocess.CompletedProcess(command, status, output)
