@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_eval_commands(sub)
 
-    from percs.predict_cli import add_predict_command  # `percs predict`
+    from percs.predict.cli import add_predict_command  # `percs predict`
 
     add_predict_command(sub)
 

@@ -17,8 +17,8 @@ from percs.cli import build_parser, main
 
 # Modules that only running a command may import: building the parser or printing help must not.
 HEAVY_MODULES = ("torch", "scipy", "skimage", "numba", "fastremap", "tifffile", "percs._cpu", "percs.model",
-                 "percs.api", "percs.predict", "percs.train.trainer", "percs.baselines.persam",
-                 "percs.baselines.filter")
+                 "percs.api", "percs.predict.api", "percs.predict.predictor", "percs.predict.files",
+                 "percs.train.trainer", "percs.baselines.persam", "percs.baselines.filter")
 
 
 def commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):

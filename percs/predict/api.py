@@ -22,7 +22,7 @@ import torch
 from percs.flows import renumber
 from percs.model.backbone import PATCH_SIZE
 from percs.model.percs_dino import PerCSDino
-from percs.predict import Predictor, PredictorConfig
+from percs.predict.predictor import Predictor, PredictorConfig
 from percs.train.provenance import UNKNOWN, TrainingData
 
 # The smallest image side accepted: one backbone patch. Images smaller than a window are zero-padded to one

@@ -1,4 +1,4 @@
-"""`percs predict`: parses the arguments and calls percs.predict_files with a percs.api.Segmenter."""
+"""`percs predict`: parses the arguments and calls percs.predict.files with a percs.predict.api.Segmenter."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 def cmd_predict(args: argparse.Namespace) -> int:
     """Exit status 2 when an input (or the checkpoint) is refused, before the model is loaded and anything is
     written; 1 when some images failed while being segmented; 0 otherwise."""
-    from percs.api import Segmenter
-    from percs.predict_files import segment_files
+    from percs.predict.api import Segmenter
+    from percs.predict.files import segment_files
     from percs.train.checkpoint import CheckpointError
 
     try:
@@ -63,9 +63,9 @@ def _print_errors(messages) -> None:
 def _checked_inputs(args: argparse.Namespace):
     """(reference image, reference mask (H, W) bool, image jobs) once every input passed its checks: the
     options, the checkpoint file, the reference, every image read whole, the outputs. _InputError otherwise."""
-    from percs.api import resolve_device
+    from percs.predict.api import resolve_device
     from percs.data.io import DataFileError, check_file
-    from percs.predict_files import check_images, find_images, plan_outputs, read_reference
+    from percs.predict.files import check_images, find_images, plan_outputs, read_reference
 
     options = {Path(args.checkpoint): "--checkpoint", Path(args.reference_image): "--reference-image",
                Path(args.reference_mask): "--reference-mask"}

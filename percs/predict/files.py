@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from percs.api import SegmentationResult, Segmenter, check_image_size, reference_cell_mask
+from percs.predict.api import SegmentationResult, Segmenter, check_image_size, reference_cell_mask
 from percs.data.io import (IMAGE_SUFFIXES, DataFileError, check_file, read_image, read_label_file, to_label_image,
                            write_tiff)
 from percs.overlay import FOUND_LEGEND, REFERENCE_COLOUR, add_legend, draw_overlay, save_png
@@ -83,7 +83,7 @@ def find_images(paths: Sequence[str | Path], out: str | Path | None = None) -> l
 
 def read_query_image(path: str | Path) -> np.ndarray:
     """An image file as (H, W) or (H, W, C) with C <= 4 (channels-first TIFFs are moved last), as stored:
-    grey or colour, 8 or 16 bit or float (finite), at least `percs.api.MIN_IMAGE_SIDE` pixels tall and wide.
+    grey or colour, 8 or 16 bit or float (finite), at least `percs.predict.api.MIN_IMAGE_SIDE` pixels tall and wide.
     DataFileError naming the file otherwise."""
     image = read_image(check_file(path))
     if image.ndim == 3 and image.shape[-1] > 4 and image.shape[0] <= 4:
