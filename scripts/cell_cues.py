@@ -22,13 +22,13 @@ import torch
 
 from percs.data.format import load_dataset
 from percs.model.backbone_weights import load_backbone
-from percs.model.instance import LAYERS, cell_descriptors, image_block_features, pad_to_grid, pool_cells, \
-    reference_vectors
+from percs.model.instance import LAYERS, cell_descriptors, cell_vectors, image_block_features, pad_to_grid, \
+    pool_cells, reference_vectors
 from percs.predict import as_input_image
 
 
 @torch.no_grad()
-def split_queries(dataset, split: str, backbone, layers, every: int = 1) -> list[dict]:
+def split_queries(dataset, split: str, backbone, layers, every: int = 1, embedding: str = "patch") -> list[dict]:
     """Per query: every true cell's pooled vectors and descriptors, the reference's, and the target flags."""
     from tqdm import tqdm
 
@@ -39,8 +39,11 @@ def split_queries(dataset, split: str, backbone, layers, every: int = 1) -> list
             record = dataset.record(q.image)
             labels = torch.from_numpy(dataset.read_labels(record).astype(np.int64))
             image = as_input_image(dataset.read_image(record), torch.device("cpu"))
-            features = image_block_features(backbone, image, layers)
-            cells, pooled = pool_cells(features, pad_to_grid(labels, features[0].shape[1:]))
+            if embedding == "window":
+                cells, pooled = cell_vectors(backbone, image, labels, layers)
+            else:
+                features = image_block_features(backbone, image, layers)
+                cells, pooled = pool_cells(features, pad_to_grid(labels, features[0].shape[1:]))
             _, descriptors = cell_descriptors(image, labels)
             types = np.array([record.type_of(int(c)) for c in cells])
             per_image[q.image] = (pooled, descriptors, types)
@@ -49,6 +52,8 @@ def split_queries(dataset, split: str, backbone, layers, every: int = 1) -> list
         ref_image = as_input_image(dataset.read_image(ref_record), torch.device("cpu"))
         ref_mask = torch.from_numpy(dataset.read_labels(ref_record) == q.reference_label)
         ref_pooled, ref_descriptors = reference_vectors(backbone, ref_image, ref_mask, layers)
+        if embedding == "window":
+            ref_pooled = cell_vectors(backbone, ref_image, ref_mask.long(), layers)[1][0]
         out.append(dict(cells=pooled, descriptors=descriptors, target=torch.from_numpy(types == q.target_type),
                         reference=ref_pooled, reference_descriptors=ref_descriptors, origin=q.origin,
                         target_type=q.target_type))
@@ -91,6 +96,8 @@ def main() -> None:
     parser.add_argument("--layers", default=",".join(map(str, LAYERS)), help="DINOv2 blocks (default 4,8,12)")
     parser.add_argument("--splits", default="val,test,novel", help="evaluation splits")
     parser.add_argument("--every", type=int, default=1, help="every K-th query of each split")
+    parser.add_argument("--embedding", choices=("patch", "window"), default="patch",
+                        help="cells pooled from the image's features (patch) or each alone at one scale (window)")
     args = parser.parse_args()
     layers = tuple(int(l) for l in args.layers.split(","))
     cache = Path(args.cache)
@@ -106,12 +113,13 @@ def main() -> None:
             parser.error(f"--scorer reads blocks {record['layers']}, --layers is {args.layers}")
     report = {}
     for split in args.splits.split(","):
-        path = cache / f"{dataset.name}_{split}_every{args.every}_layers{'-'.join(map(str, layers))}.pt"
+        suffix = "" if args.embedding == "patch" else f"_{args.embedding}"
+        path = cache / f"{dataset.name}_{split}_every{args.every}_layers{'-'.join(map(str, layers))}{suffix}.pt"
         if path.exists():
             queries = torch.load(path, weights_only=False)
         else:
             start = time.time()
-            queries = split_queries(dataset, split, backbone, layers, args.every)
+            queries = split_queries(dataset, split, backbone, layers, args.every, args.embedding)
             torch.save(queries, path)
             print(f"{split}: vectors in {time.time() - start:.0f} s", flush=True)
         aucs = cue_aucs(queries, layers, scorer)

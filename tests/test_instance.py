@@ -219,3 +219,47 @@ def test_percs_instance_method_scores_the_generic_masks(tmp_path):
     save_scorer(path, scorer.eval(), settings, "vits14", {"dataset": "tiny"}, 0.0, "another backbone")
     with pytest.raises(ValueError, match="other backbone weights"):
         build_instance(_instance_args(generic_checkpoint=str(checkpoint), scorer=str(path), scorer_threshold=0.5))
+
+
+def test_cell_windows_resample_each_cell_to_one_scale():
+    from percs.model.instance import cell_windows
+
+    ys, xs = np.mgrid[:80, :100].astype(np.float32)
+    image = torch.from_numpy(np.stack((0.5 * ys, 0.25 * xs, ys - xs)))     # linear: bilinear sampling is exact
+    labels = np.zeros((80, 100), np.int64)
+    labels[np.hypot(ys - 30, xs - 40) < 10] = 4                          # a disk of radius 10
+    labels[60:64, 80:82] = 9                                             # a small rectangle
+    cells, windows, masks = cell_windows(torch.from_numpy(image.numpy()), torch.from_numpy(labels), 56, 2.0)
+    assert cells.tolist() == [4, 9] and windows.shape == (2, 3, 56, 56) and masks.shape == (2, 56, 56)
+    for k, cell in enumerate((4, 9)):
+        cy, cx = np.argwhere(labels == cell).mean(0)
+        side = 2.0 * 2 * np.sqrt((labels == cell).sum() / np.pi)
+        steps = (np.arange(56) + 0.5) / 56 - 0.5
+        sy, sx = np.meshgrid(cy + side * steps, cx + side * steps, indexing="ij")
+        inside = (sy >= 0) & (sy <= 79) & (sx >= 0) & (sx <= 99)
+        np.testing.assert_allclose(windows[k, 0].numpy()[inside], 0.5 * sy[inside], atol=1e-3)
+        np.testing.assert_allclose(windows[k, 2].numpy()[inside], (sy - sx)[inside], atol=1e-3)
+        near = labels[np.clip(np.round(sy).astype(int), 0, 79), np.clip(np.round(sx).astype(int), 0, 99)] == cell
+        assert (masks[k].numpy() == near).mean() > 0.99                  # nearest sampling, ties aside
+    # the cell covers about (1 / context)^2 * pi / 4 of its window whatever its size
+    np.testing.assert_allclose(masks.mean((1, 2)).numpy(), np.pi / 16, rtol=0.1)
+    empty = cell_windows(image, torch.zeros(80, 100, dtype=torch.int64))
+    assert empty[0].numel() == 0 and empty[1].shape == (0, 3, 56, 56)
+    with pytest.raises(ValueError, match="multiple of 14"):
+        cell_windows(image, torch.from_numpy(labels), 50)
+
+
+def test_cell_vectors_pool_each_window_under_its_cell():
+    from percs.model.instance import cell_vectors, cell_windows, window_vectors
+
+    backbone = small_backbone()
+    rng = np.random.default_rng(0)
+    image = torch.from_numpy(rng.normal(size=(3, 60, 70)).astype(np.float32))
+    labels = torch.zeros(60, 70, dtype=torch.int64)
+    labels[5:15, 5:20], labels[30:50, 40:60] = 1, 2
+    cells, vectors = cell_vectors(backbone, image, labels, (2, 3))
+    assert cells.tolist() == [1, 2] and vectors.shape == (2, 2, 32)
+    _, windows, masks = cell_windows(image, labels)
+    with torch.no_grad():
+        alone = window_vectors(backbone, windows[1:], masks[1:], (2, 3))   # batching does not mix cells
+    torch.testing.assert_close(vectors[1:], alone)

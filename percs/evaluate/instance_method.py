@@ -18,8 +18,8 @@ import torch
 from percs.baselines.common import ImageCache
 from percs.baselines.filter import Candidates, choose_threshold, keep_similar
 from percs.evaluate.methods import MethodUnavailable
-from percs.model.instance import LAYERS, cell_descriptors, image_block_features, pad_to_grid, pool_cells, \
-    reference_vectors
+from percs.model.instance import LAYERS, cell_descriptors, cell_vectors, image_block_features, pad_to_grid, \
+    pool_cells, reference_vectors
 from percs.predict import as_input_image
 
 
@@ -27,8 +27,9 @@ class InstanceDecision:
     """Masks from `source` (a `PercsGenericMasks`) scored by `scorer` (a CellScorer) with the source model's
     backbone; `segment(image, reference_image, reference_mask)` -> (H, W) int32 (see the module docstring)."""
 
-    def __init__(self, source, scorer, threshold: float = 0.5, layers=LAYERS):
+    def __init__(self, source, scorer, threshold: float = 0.5, layers=LAYERS, embedding: str = "window"):
         self.source, self.scorer, self.threshold, self.layers = source, scorer, threshold, tuple(layers)
+        self.embedding = embedding
         self.backbone = source.predictor.model.backbone
         self.config = source.predictor.config
         self.cells = ImageCache(self._cells)
@@ -48,11 +49,14 @@ class InstanceDecision:
     def _cells(self, image: np.ndarray):
         labels = self.source(image)
         tensor = as_input_image(image, self.device)
-        features = image_block_features(self.backbone, tensor, self.layers, self.config.window,
-                                        self.config.stride, self.config.batch_size)
-        padded = pad_to_grid(torch.from_numpy(labels.astype(np.int64)).to(self.device), features[0].shape[1:])
-        cells, pooled = pool_cells(features, padded)
-        _, descriptors = cell_descriptors(tensor, padded[: labels.shape[0], : labels.shape[1]])
+        label_tensor = torch.from_numpy(labels.astype(np.int64)).to(self.device)
+        if self.embedding == "window":
+            cells, pooled = cell_vectors(self.backbone, tensor, label_tensor, self.layers)
+        else:
+            features = image_block_features(self.backbone, tensor, self.layers, self.config.window,
+                                            self.config.stride, self.config.batch_size)
+            cells, pooled = pool_cells(features, pad_to_grid(label_tensor, features[0].shape[1:]))
+        _, descriptors = cell_descriptors(tensor, label_tensor)
         return labels, cells.cpu().numpy(), pooled, descriptors
 
     @torch.no_grad()
@@ -65,8 +69,12 @@ class InstanceDecision:
         mask = torch.as_tensor(np.asarray(reference_mask) != 0, device=self.device)
         if tuple(mask.shape) != tuple(reference.shape[1:]):
             raise ValueError(f"reference_mask has shape {tuple(mask.shape)}, expected {tuple(reference.shape[1:])}")
-        reference_pooled, reference_descriptors = reference_vectors(self.backbone, reference, mask, self.layers,
-                                                                    self.config.reference_window)
+        if self.embedding == "window":
+            reference_pooled = cell_vectors(self.backbone, reference, mask.long(), self.layers)[1][0]
+            reference_descriptors = cell_descriptors(reference, mask.long())[1][0]
+        else:
+            reference_pooled, reference_descriptors = reference_vectors(self.backbone, reference, mask, self.layers,
+                                                                        self.config.reference_window)
         logits = self.scorer(pooled, reference_pooled, descriptors, reference_descriptors)
         return Candidates(labels, cells, torch.sigmoid(logits).cpu().numpy())
 
@@ -111,9 +119,11 @@ def build_instance(args: argparse.Namespace, dataset=None) -> InstanceDecision:
     if record.get("backbone_fingerprint") not in (None, fingerprint):
         raise ValueError(f"--scorer {args.scorer} was trained on other backbone weights than "
                          f"--generic-checkpoint {args.generic_checkpoint}'s (fingerprints differ)")
-    method = InstanceDecision(source, scorer, args.scorer_threshold or 0.0, record["layers"])
+    method = InstanceDecision(source, scorer, args.scorer_threshold or 0.0, record["layers"],
+                              record["settings"].get("embedding", "patch"))
     method.settings = {"masks": source.name, "generic_checkpoint": args.generic_checkpoint, "scorer": args.scorer,
-                       "scorer_trained_on": record["trained_on"], "layers": record["layers"], "device": str(device)}
+                       "scorer_trained_on": record["trained_on"], "layers": record["layers"],
+                       "embedding": method.embedding, "device": str(device)}
     if args.scorer_threshold is None:
         scores = method.tune(dataset, "val", args.scorer_val_queries)
         method.settings.update(val_queries=args.scorer_val_queries or "all", val_mean_ap50_by_threshold=scores)

@@ -165,3 +165,76 @@ def pad_to_grid(labels: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """labels (H, W) zero-padded at the bottom and right to (14 * grid[0], 14 * grid[1])."""
     rows, cols = (PATCH_SIZE * side for side in grid)
     return F.pad(labels, (0, cols - labels.shape[1], 0, rows - labels.shape[0]))
+
+
+def cell_windows(image: torch.Tensor, labels: torch.Tensor, size: int = 56, context: float = 2.0
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every cell of labels (H, W) seen alone at one scale: (cells (N,) ascending, windows (N, 3, size, size),
+    masks (N, size, size) float32).
+
+    Window k is the square of side `context` x the cell's equivalent diameter (2 sqrt(area / pi)), centred on
+    the cell's centroid, resampled bilinearly to size x size pixels from the normalised image (3, H, W) (zeros
+    outside the image, the normalised mean); masks[k] is 1 where the nearest source pixel belongs to the cell.
+    So every cell, small or large, covers about (size / context) pixels across, a few backbone tokens, and its
+    pooled features no longer mix in the neighbours that share its 14-pixel patches.
+    """
+    if size <= 0 or size % PATCH_SIZE:
+        raise ValueError(f"size must be a positive multiple of {PATCH_SIZE}, got {size}")
+    if context < 1:
+        raise ValueError(f"context must be >= 1 (the window holds the cell), got {context}")
+    cells, descriptors_of = _centroids(labels)
+    n = len(cells)
+    if n == 0:
+        return cells, image.new_zeros(0, 3, size, size), image.new_zeros(0, size, size)
+    centre, area = descriptors_of
+    side = context * 2 * torch.sqrt(area / torch.pi)                    # (N,) window side in pixels
+    steps = (torch.arange(size, device=image.device, dtype=torch.float32) + 0.5) / size - 0.5  # (S,)
+    ys = centre[:, 0, None] + side[:, None] * steps[None]                # (N, S) source pixel coordinates
+    xs = centre[:, 1, None] + side[:, None] * steps[None]
+    height, width = labels.shape
+    grid_y = ((2 * ys + 1) / height - 1)[:, :, None].expand(n, size, size)
+    grid_x = ((2 * xs + 1) / width - 1)[:, None, :].expand(n, size, size)
+    grid = torch.stack((grid_x, grid_y), -1).reshape(1, n * size, size, 2)
+    windows = F.grid_sample(image[None].float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    windows = windows.reshape(3, n, size, size).transpose(0, 1)
+    sampled = F.grid_sample(labels[None, None].float(), grid, mode="nearest", padding_mode="zeros",
+                            align_corners=False).reshape(n, size, size)
+    masks = (sampled == cells[:, None, None].float()).float()
+    return cells, windows, masks
+
+
+def _centroids(labels: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """(cells (N,), (centroids (N, 2) float32 (y, x), areas (N,) float32)) of a label image."""
+    inside = labels > 0
+    cells, index = torch.unique(labels[inside], return_inverse=True)
+    ys, xs = torch.nonzero(inside, as_tuple=True)
+    n = len(cells)
+    sums = torch.zeros(n, 3, dtype=torch.float64, device=labels.device)
+    sums.index_add_(0, index, torch.stack((torch.ones_like(ys), ys, xs), 1).double())
+    area = sums[:, 0]
+    return cells.long(), ((sums[:, 1:] / area[:, None]).float(), area.float())
+
+
+def window_vectors(backbone, windows: torch.Tensor, masks: torch.Tensor, layers=LAYERS,
+                   batch_size: int = 256) -> torch.Tensor:
+    """(N, L, C) features of each block in `layers` pooled under masks (N, S, S) (each patch weighed by the
+    fraction it covers) from windows (N, 3, S, S), in batches of batch_size windows."""
+    out = []
+    for start in range(0, len(windows), batch_size):
+        chunk, chunk_masks = windows[start : start + batch_size], masks[start : start + batch_size]
+        per_layer = block_features(backbone, chunk, layers)
+        coverage = F.avg_pool2d(chunk_masks[:, None], PATCH_SIZE, PATCH_SIZE)      # (B, 1, s, s)
+        empty = coverage.flatten(1).sum(1) == 0
+        coverage[empty] = 1.0                                                       # a cell lost to sampling
+        out.append(torch.stack([pool_features(f.float(), coverage)[:, 0] for f in per_layer], 1))
+    if not out:
+        return windows.new_zeros(0, len(layers), backbone.spec.embed_dim)
+    return torch.cat(out)
+
+
+def cell_vectors(backbone, image: torch.Tensor, labels: torch.Tensor, layers=LAYERS, size: int = 56,
+                 context: float = 2.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cells (N,), vectors (N, L, C)): every cell of labels (H, W) in normalised image (3, H, W), embedded
+    alone at one scale (`cell_windows`, `window_vectors`)."""
+    cells, windows, masks = cell_windows(image, labels, size, context)
+    return cells, window_vectors(backbone, windows, masks, layers)

@@ -49,7 +49,8 @@ def cmd_train_scorer(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     try:
-        settings = ScorerTraining(items=args.items, epochs=args.epochs, lr=args.lr, seed=args.seed)
+        settings = ScorerTraining(items=args.items, epochs=args.epochs, lr=args.lr, seed=args.seed,
+                                  embedding=args.embedding, reference_sampling=args.reference_sampling)
         digest = train_scorer(args.data, args.backbone_weights, args.out, settings, args.backbone, args.cache)
     except (ValueError, OSError) as error:
         print(f"percs train-scorer: error: {error}", file=sys.stderr)
@@ -68,7 +69,13 @@ def add_train_scorer_command(sub) -> None:
                    help="its weights, e.g. ../shared/weights/dinov2_vits14_pretrain.pth (default: the official "
                         "checkpoint from torch's download cache); must be the generic model's frozen backbone")
     p.add_argument("--items", type=int, default=3000, help="training draws (crops) whose cells become pairs")
-    p.add_argument("--epochs", type=int, default=3, help="passes over the collected pairs (default 3)")
+    p.add_argument("--epochs", type=int, default=1, help="passes over the collected pairs (default 1)")
+    p.add_argument("--embedding", choices=("window", "patch"), default="window",
+                   help="window (default): each cell embedded alone, resampled to a fixed size; patch: the image's "
+                        "DINOv2 features pooled under the cell")
+    p.add_argument("--reference-sampling", choices=("type", "cell"), default="type",
+                   help="the reference type of a draw: uniformly among the crop's types (default, as benchmark "
+                        "queries ask each type) or that of a uniformly drawn cell (as percs train)")
     p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
     p.add_argument("--seed", type=int, default=0, help="seed of the draws and of the fit")
     p.add_argument("--cache", metavar="FILE", help="pairs cache (.pt): read when it exists, else written")

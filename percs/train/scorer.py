@@ -27,15 +27,18 @@ import torch.nn.functional as F
 from percs.model.instance import DESCRIPTORS, LAYERS, CellScorer, block_features, cell_descriptors, pool_cells
 
 SCORER_KIND = "percs-cell-scorer"
+EMBEDDINGS = ("window", "patch")
 
 
 @dataclass(frozen=True)
 class ScorerTraining:
     """items: training draws whose cells become pairs; epochs, lr, weight_decay, batch_crops: the fit (Adam
-    with decoupled weight decay); width, hidden, dropout: the scorer's shape; layers: DINOv2 blocks read."""
+    with decoupled weight decay); width, hidden, dropout: the scorer's shape; layers: DINOv2 blocks read;
+    reference_sampling: see `collect_pairs`; embedding: how a cell becomes vectors, "window" (each cell alone
+    at one scale, `percs.model.instance.cell_vectors`) or "patch" (the image's features pooled under it)."""
 
     items: int = 3000
-    epochs: int = 3
+    epochs: int = 1
     lr: float = 1e-3
     weight_decay: float = 1e-2
     batch_crops: int = 16
@@ -43,45 +46,65 @@ class ScorerTraining:
     hidden: int = 128
     dropout: float = 0.2
     layers: tuple[int, ...] = LAYERS
+    reference_sampling: str = "type"
+    embedding: str = "window"
     seed: int = 0
 
     def __post_init__(self) -> None:
         for key in ("items", "epochs", "batch_crops", "width", "hidden"):
             if getattr(self, key) <= 0:
                 raise ValueError(f"{key} must be positive, got {getattr(self, key)!r}")
+        if self.embedding not in EMBEDDINGS:
+            raise ValueError(f"embedding must be one of {EMBEDDINGS}, got {self.embedding!r}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
 
 
 @torch.no_grad()
-def crop_pairs(backbone, item, layers=LAYERS) -> dict | None:
+def crop_pairs(backbone, item, layers=LAYERS, embedding: str = "window") -> dict | None:
     """One training draw's candidates: pooled block vectors (N, L, C) float16, descriptors (N, D), the
-    reference's (L, C) and (D,), and targets (N,) bool; None for a crop without cells."""
-    cells, pooled = pool_cells([f[0] for f in block_features(backbone, item.image[None], layers)], item.instances)
+    reference's (L, C) and (D,), and targets (N,) bool; None for a crop without cells. embedding: "patch"
+    (the crop's features pooled under each cell, `pool_cells`) or "window" (default: each cell alone at one scale,
+    `cell_vectors`)."""
+    from percs.model.instance import cell_vectors
+    from percs.model.reference import embed_reference
+
+    if embedding == "window":
+        cells, pooled = cell_vectors(backbone, item.image, item.instances, layers)
+    else:
+        cells, pooled = pool_cells([f[0] for f in block_features(backbone, item.image[None], layers)],
+                                   item.instances)
     if len(cells) == 0:
         return None
     _, descriptors = cell_descriptors(item.image, item.instances)
-    reference_layers = block_features(backbone, item.reference_image[None], layers)
-    from percs.model.reference import embed_reference
-
-    reference = torch.stack([embed_reference(f.float(), item.reference_mask[None])[0] for f in reference_layers])
-    _, reference_descriptors = cell_descriptors(item.reference_image, item.reference_mask.to(torch.int64))
+    mask = item.reference_mask.to(torch.int64)
+    if embedding == "window":
+        reference = cell_vectors(backbone, item.reference_image, mask, layers)[1][0]
+    else:
+        reference_layers = block_features(backbone, item.reference_image[None], layers)
+        reference = torch.stack([embed_reference(f.float(), item.reference_mask[None])[0] for f in reference_layers])
+    _, reference_descriptors = cell_descriptors(item.reference_image, mask)
     types = item.instance_types[cells - 1]
     return dict(cells=pooled.half(), descriptors=descriptors, reference=reference.half(),
                 reference_descriptors=reference_descriptors[0], target=types == item.reference_type)
 
 
-def collect_pairs(dataset_path, backbone, items: int, seed: int = 0, layers=LAYERS, progress: bool = True) -> list[dict]:
-    """`crop_pairs` of `items` TrainDataset draws of the train split (seeded)."""
+def collect_pairs(dataset_path, backbone, items: int, seed: int = 0, layers=LAYERS, progress: bool = True,
+                  reference_sampling: str = "type", embedding: str = "window") -> list[dict]:
+    """`crop_pairs` of `items` TrainDataset draws of the train split (seeded). reference_sampling: how each
+    draw's reference type is chosen (`SamplingConfig.reference_sampling`): "type" (default) uniformly among the
+    crop's types, as a benchmark asks one query per type present in a mixed image; "cell" as `percs train`
+    draws, which makes the crop's own (most numerous) type the reference's most of the time."""
     from tqdm import tqdm
 
     from percs.data.dataset import SamplingConfig, TrainDataset
 
-    data = TrainDataset(dataset_path, "train", SamplingConfig(), seed=seed, length=items)
+    data = TrainDataset(dataset_path, "train", SamplingConfig(reference_sampling=reference_sampling), seed=seed,
+                        length=items)
     backbone = backbone.eval()
     pairs = []
     for index in tqdm(range(items), desc="scorer pairs", unit="crop", disable=not progress):
-        pair = crop_pairs(backbone, data[index], layers)
+        pair = crop_pairs(backbone, data[index], layers, embedding)
         if pair is not None:
             pairs.append(pair)
     if not pairs:
@@ -204,7 +227,8 @@ def train_scorer(dataset_path, backbone_weights, out, settings: ScorerTraining =
     if cache is not None and cache.is_file():
         pairs = torch.load(cache, weights_only=True)
     else:
-        pairs = collect_pairs(dataset_path, backbone, settings.items, settings.seed, settings.layers)
+        pairs = collect_pairs(dataset_path, backbone, settings.items, settings.seed, settings.layers,
+                              reference_sampling=settings.reference_sampling, embedding=settings.embedding)
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
             torch.save(pairs, cache)
