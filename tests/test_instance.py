@@ -263,3 +263,52 @@ def test_cell_vectors_pool_each_window_under_its_cell():
     with torch.no_grad():
         alone = window_vectors(backbone, windows[1:], masks[1:], (2, 3))   # batching does not mix cells
     torch.testing.assert_close(vectors[1:], alone)
+
+
+def test_a_generic_checkpoint_with_a_scorer_attached_is_one_model_for_segmenter_and_eval(tmp_path):
+    from percs.api import Segmenter, load_model
+    from percs.evaluate.percs_method import build_percs_method
+    from percs.train.checkpoint import CheckpointError
+    from percs.train.scorer import attach_scorer
+
+    bench = make_benchmark(tmp_path)
+    generic = generic_checkpoint(bench, tmp_path / "generic.pt", generic=True)
+    backbone = load_model(generic, "cpu")[0].backbone
+    settings = ScorerTraining(layers=(1,), epochs=1)
+    torch.manual_seed(0)
+    save_scorer(tmp_path / "scorer.pt", CellScorer(1, 32).eval(), settings, "vits14", {"dataset": "tiny"}, 0.0,
+                backbone_fingerprint(backbone))
+    attach_scorer(generic, tmp_path / "scorer.pt", -1.0, tmp_path / "model.pt")
+    plain = Segmenter.from_checkpoint(generic, "cpu")
+    segmenter = Segmenter.from_checkpoint(tmp_path / "model.pt", "cpu")
+    assert segmenter.instance is not None and not segmenter.generic and plain.instance is None
+    image, red, _ = red_and_green_disks()
+    reference = segmenter.reference(image, labels=red, label=1)
+    assert reference.vectors is not None and reference.vectors[0].shape == (1, 32)
+    everything = plain.segment(image, None).labels
+    result = segmenter.segment(image, reference)             # threshold -1: every cell the generic model finds
+    np.testing.assert_array_equal(result.labels, everything)
+    assert result.cell_probability.shape == (int(everything.max()),)
+    cells = result.labels > 0
+    assert ((result.probability[cells] >= 0) & (result.probability[cells] <= 1)).all()
+    assert (result.probability[~cells] == 0).all() or int(everything.max()) == 0
+    segmenter.instance.threshold = 2.0                      # nothing passes
+    assert segmenter.segment(image, reference).labels.max() == 0
+    with pytest.raises(ValueError, match="without an instance scorer"):
+        segmenter.segment(image, plain.reference(image, labels=red, label=1))
+    args = argparse.Namespace(checkpoint=str(tmp_path / "model.pt"), min_cell_probability=0.0, device="cpu",
+                              window=None, stride=None, batch_size=None, cellprob_threshold=None,
+                              flow_threshold=None, niter=None, min_size=None)
+    method = build_percs_method(args, None)
+    assert method.name.startswith("PerCS-DINO instance decision (") and "threshold -1" in method.name
+    np.testing.assert_array_equal(method.segment(image, image, red == 1), everything)
+    personal = generic_checkpoint(bench, tmp_path / "personal.pt", generic=False)
+    with pytest.raises(ValueError, match="not a generic model"):
+        attach_scorer(personal, tmp_path / "scorer.pt", 0.5, tmp_path / "bad.pt")
+    save_scorer(tmp_path / "other.pt", CellScorer(1, 32).eval(), settings, "vits14", {}, 0.0, "another")
+    with pytest.raises(ValueError, match="other backbone weights"):
+        attach_scorer(generic, tmp_path / "other.pt", 0.5, tmp_path / "bad.pt")
+    raw = (tmp_path / "model.pt").read_bytes()
+    (tmp_path / "model.pt").write_bytes(raw[:-5] + b"xxxxx")
+    with pytest.raises(CheckpointError):
+        Segmenter.from_checkpoint(tmp_path / "model.pt", "cpu")

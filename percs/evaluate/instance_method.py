@@ -18,65 +18,57 @@ import torch
 from percs.baselines.common import ImageCache
 from percs.baselines.filter import Candidates, choose_threshold, keep_similar
 from percs.evaluate.methods import MethodUnavailable
-from percs.model.instance import LAYERS, cell_descriptors, cell_vectors, image_block_features, pad_to_grid, \
-    pool_cells, reference_vectors
+from percs.model.instance import LAYERS, InstanceScorer
 from percs.predict import as_input_image
 
 
 class InstanceDecision:
-    """Masks from `source` (a `PercsGenericMasks`) scored by `scorer` (a CellScorer) with the source model's
-    backbone; `segment(image, reference_image, reference_mask)` -> (H, W) int32 (see the module docstring)."""
+    """Masks from `source` (a `PercsGenericMasks`) kept by an `InstanceScorer` on the source model's backbone;
+    `segment(image, reference_image, reference_mask)` -> (H, W) int32 (see the module docstring)."""
 
     def __init__(self, source, scorer, threshold: float = 0.5, layers=LAYERS, embedding: str = "window"):
-        self.source, self.scorer, self.threshold, self.layers = source, scorer, threshold, tuple(layers)
-        self.embedding = embedding
-        self.backbone = source.predictor.model.backbone
-        self.config = source.predictor.config
+        config = source.predictor.config
+        self.source = source
+        self.instance = InstanceScorer(source.predictor.model.backbone, scorer, layers, embedding, threshold,
+                                       config.reference_window, config.stride, config.batch_size)
         self.cells = ImageCache(self._cells)
         self.settings: dict = {}
         self.tuning = ""
 
     @property
+    def threshold(self) -> float:
+        return self.instance.threshold
+
+    @threshold.setter
+    def threshold(self, value: float) -> None:
+        self.instance.threshold = float(value)
+
+    @property
     def device(self) -> torch.device:
-        return next(self.backbone.parameters()).device
+        return next(self.instance.backbone.parameters()).device
 
     @property
     def name(self) -> str:
         return f"PerCS-DINO instance decision ({self.source.name} masks + learned cell scorer, " \
                f"threshold {self.threshold:g}{self.tuning})"
 
-    @torch.no_grad()
     def _cells(self, image: np.ndarray):
         labels = self.source(image)
         tensor = as_input_image(image, self.device)
-        label_tensor = torch.from_numpy(labels.astype(np.int64)).to(self.device)
-        if self.embedding == "window":
-            cells, pooled = cell_vectors(self.backbone, tensor, label_tensor, self.layers)
-        else:
-            features = image_block_features(self.backbone, tensor, self.layers, self.config.window,
-                                            self.config.stride, self.config.batch_size)
-            cells, pooled = pool_cells(features, pad_to_grid(label_tensor, features[0].shape[1:]))
-        _, descriptors = cell_descriptors(tensor, label_tensor)
-        return labels, cells.cpu().numpy(), pooled, descriptors
+        cells, vectors, descriptors = self.instance.cells(tensor, torch.from_numpy(labels).to(self.device))
+        return labels, cells.cpu().numpy(), vectors, descriptors
 
-    @torch.no_grad()
     def probabilities(self, image, reference_image, reference_mask) -> Candidates:
         """The query's generic masks and each one's same-type probability."""
-        labels, cells, pooled, descriptors = self.cells(image)
+        labels, cells, vectors, descriptors = self.cells(image)
         if len(cells) == 0:
             return Candidates(labels, cells, np.zeros(0, np.float32))
         reference = as_input_image(reference_image, self.device)
         mask = torch.as_tensor(np.asarray(reference_mask) != 0, device=self.device)
         if tuple(mask.shape) != tuple(reference.shape[1:]):
             raise ValueError(f"reference_mask has shape {tuple(mask.shape)}, expected {tuple(reference.shape[1:])}")
-        if self.embedding == "window":
-            reference_pooled = cell_vectors(self.backbone, reference, mask.long(), self.layers)[1][0]
-            reference_descriptors = cell_descriptors(reference, mask.long())[1][0]
-        else:
-            reference_pooled, reference_descriptors = reference_vectors(self.backbone, reference, mask, self.layers,
-                                                                        self.config.reference_window)
-        logits = self.scorer(pooled, reference_pooled, descriptors, reference_descriptors)
-        return Candidates(labels, cells, torch.sigmoid(logits).cpu().numpy())
+        probability = self.instance.probabilities(vectors, descriptors, self.instance.reference(reference, mask))
+        return Candidates(labels, cells, probability.cpu().numpy())
 
     def segment(self, image: np.ndarray, reference_image: np.ndarray, reference_mask: np.ndarray) -> np.ndarray:
         found = self.probabilities(image, reference_image, reference_mask)
@@ -123,9 +115,21 @@ def build_instance(args: argparse.Namespace, dataset=None) -> InstanceDecision:
                               record["settings"].get("embedding", "patch"))
     method.settings = {"masks": source.name, "generic_checkpoint": args.generic_checkpoint, "scorer": args.scorer,
                        "scorer_trained_on": record["trained_on"], "layers": record["layers"],
-                       "embedding": method.embedding, "device": str(device)}
+                       "embedding": method.instance.embedding, "device": str(device)}
     if args.scorer_threshold is None:
         scores = method.tune(dataset, "val", args.scorer_val_queries)
         method.settings.update(val_queries=args.scorer_val_queries or "all", val_mean_ap50_by_threshold=scores)
     method.settings["threshold"] = method.threshold
     return method
+
+
+def tune_threshold(generic_checkpoint, scorer, dataset_path, max_queries: int = 0,
+                   device: str = "auto") -> tuple[float, float]:
+    """(threshold, its mean AP@0.5): the scorer's threshold chosen on the val split of `dataset_path` as
+    `percs eval --method percs-instance` chooses it."""
+    from percs.data.format import load_dataset
+
+    args = argparse.Namespace(generic_checkpoint=str(generic_checkpoint), scorer=str(scorer), scorer_threshold=None,
+                              scorer_val_queries=max_queries, device=device)
+    method = build_instance(args, load_dataset(dataset_path))
+    return method.threshold, method.settings["val_mean_ap50_by_threshold"][method.threshold]

@@ -84,4 +84,10 @@ def build_percs_method(args: argparse.Namespace, dataset) -> PercsMethod:
                 "predictor": dataclasses.asdict(predictor_config),
                 "min_cell_probability": args.min_cell_probability}
     segmenter = Segmenter(model, predictor_config, args.min_cell_probability or None)
+    instance = getattr(model, "instance", None)
+    if instance is not None:
+        settings["instance"] = {"layers": list(instance.layers), "embedding": instance.embedding,
+                                "threshold": instance.threshold}
+        name = method_name(config.model, False).replace("PerCS-DINO (", "PerCS-DINO instance decision (", 1)
+        return PercsMethod(segmenter, f"{name[:-1]}; learned cell scorer, threshold {instance.threshold:g})", settings)
     return PercsMethod(segmenter, method_name(config.model, model.generic), settings)

@@ -238,3 +238,48 @@ def cell_vectors(backbone, image: torch.Tensor, labels: torch.Tensor, layers=LAY
     alone at one scale (`cell_windows`, `window_vectors`)."""
     cells, windows, masks = cell_windows(image, labels, size, context)
     return cells, window_vectors(backbone, windows, masks, layers)
+
+
+class InstanceScorer:
+    """The instance-level decision on a backbone: a reference cell's vectors, every found cell's vectors, and
+    each cell's same-type probability from a CellScorer (see the module docstring).
+
+    backbone: the frozen DINOv2 the scorer was trained on; layers, embedding ("window": each cell alone at one
+    scale, `cell_vectors`; "patch": the image's sliding-window features pooled under it); threshold: the
+    probability from which a cell is kept; window, stride, batch_size: the "patch" embedding's sliding windows.
+    """
+
+    def __init__(self, backbone, scorer: CellScorer, layers=LAYERS, embedding: str = "window",
+                 threshold: float = 0.5, window: int = 224, stride: int = 168, batch_size: int = 8):
+        if embedding not in ("window", "patch"):
+            raise ValueError(f"embedding must be 'window' or 'patch', got {embedding!r}")
+        self.backbone, self.scorer, self.layers, self.embedding = backbone, scorer, tuple(layers), embedding
+        self.threshold, self.window, self.stride, self.batch_size = float(threshold), window, stride, batch_size
+
+    @torch.no_grad()
+    def reference(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(vectors (L, C), descriptors (D,)) of the reference cell, mask (H, W) bool in image (3, H, W)."""
+        if self.embedding == "window":
+            labels = mask.to(torch.int64)
+            return cell_vectors(self.backbone, image, labels, self.layers)[1][0], cell_descriptors(image, labels)[1][0]
+        return reference_vectors(self.backbone, image, mask, self.layers, self.window)
+
+    @torch.no_grad()
+    def cells(self, image: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(cells (N,) ascending, vectors (N, L, C), descriptors (N, D)) of labels (H, W) in image (3, H, W)."""
+        labels = labels.to(torch.int64)
+        if self.embedding == "window":
+            cells, vectors = cell_vectors(self.backbone, image, labels, self.layers)
+        else:
+            features = image_block_features(self.backbone, image, self.layers, self.window, self.stride,
+                                            self.batch_size)
+            cells, vectors = pool_cells(features, pad_to_grid(labels, features[0].shape[1:]))
+        return cells, vectors, cell_descriptors(image, labels)[1]
+
+    @torch.no_grad()
+    def probabilities(self, vectors: torch.Tensor, descriptors: torch.Tensor,
+                      reference: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """(N,) same-type probabilities of the cells (`cells`) against a reference (`reference`)."""
+        if len(vectors) == 0:
+            return vectors.new_zeros(0)
+        return torch.sigmoid(self.scorer(vectors, reference[0], descriptors, reference[1]))

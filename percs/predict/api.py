@@ -22,7 +22,7 @@ import torch
 from percs.flows import renumber
 from percs.model.backbone import PATCH_SIZE
 from percs.model.percs_dino import PerCSDino
-from percs.predict.predictor import Predictor, PredictorConfig
+from percs.predict.predictor import Predictor, PredictorConfig, as_input_image
 from percs.train.provenance import UNKNOWN, TrainingData
 
 # The smallest image side accepted: one backbone patch. Images smaller than a window are zero-padded to one
@@ -83,7 +83,23 @@ def load_model(checkpoint: str | Path, device: str | torch.device | None = "auto
         model.trained_on = TrainingData.from_record(state.get("trained_on"))
     except ValueError as error:
         raise ModelLoadError(f"checkpoint {path} has an unreadable training-data record: {error}") from None
-    return model.to(resolve_device(device)).eval(), config
+    model = model.to(resolve_device(device)).eval()
+    if state.get("instance") is not None:
+        model.instance = _instance_scorer(path, model, state["instance"], config.predict)
+    return model, config
+
+
+def _instance_scorer(path: Path, model, record: dict, predict: PredictorConfig):
+    """The `InstanceScorer` of a checkpoint's `instance` section (`percs.train.scorer.attach_scorer`)."""
+    from percs.model.instance import InstanceScorer
+    from percs.train.scorer import scorer_from_record
+
+    try:
+        scorer = scorer_from_record(record).to(next(model.parameters()).device)
+        return InstanceScorer(model.backbone, scorer, record["layers"], record["settings"].get("embedding", "patch"),
+                              record["threshold"], predict.reference_window, predict.stride, predict.batch_size)
+    except (KeyError, RuntimeError, ValueError) as error:
+        raise ModelLoadError(f"checkpoint {path} has an unreadable instance scorer: {error}") from None
 
 
 @dataclass(frozen=True)
@@ -92,10 +108,13 @@ class Reference:
 
     embedding: (C,) float32 on the model's device; None for a generic model, which ignores the reference.
     mask: (H, W) bool, the reference cell in its image (for drawing it).
+    vectors: for a model with an instance-level decision, the reference's (block vectors (L, C), descriptors
+    (D,)) its scorer compares every found cell with; None otherwise.
     """
 
     embedding: torch.Tensor | None
     mask: np.ndarray
+    vectors: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 @dataclass
@@ -223,14 +242,23 @@ class Segmenter:
         return record if isinstance(record, TrainingData) else UNKNOWN
 
     @property
+    def instance(self):
+        """The model's instance-level decision (`percs.model.instance.InstanceScorer`: every cell found by a
+        generic model, each scored against the reference), or None for a model that decides pixel by pixel."""
+        return getattr(self.model, "instance", None)
+
+    @property
     def generic(self) -> bool:
         """Whether the model is generic (segments every cell and ignores the reference)."""
-        return bool(getattr(self.model, "generic", False))
+        return bool(getattr(self.model, "generic", False)) and self.instance is None
 
     def reference(self, reference_image, reference_mask=None, *, labels=None, label: int | None = None) -> Reference:
         """The reference cell of reference_image ((H, W) / (H, W, C) array, or normalised (3, H, W) tensor),
         given as a binary (H, W) reference_mask, or as an (H, W) label image `labels` and a label id `label`."""
         mask = reference_cell_mask(image_shape(reference_image, "reference_image"), reference_mask, labels, label)
+        if self.instance is not None:
+            image = as_input_image(reference_image, self.predictor.device)
+            return Reference(None, mask, self.instance.reference(image, torch.from_numpy(mask).to(image.device)))
         if self.generic:
             return Reference(None, mask)
         return Reference(self.predictor.embed_reference(reference_image, mask), mask)
@@ -243,6 +271,8 @@ class Segmenter:
         if reference is None and not self.generic:
             raise ValueError("reference is None, but the model is not generic: make one with segmenter.reference")
         image_shape(image, "image")
+        if self.instance is not None:
+            return self._segment_instances(image, reference)
         prediction = self.predictor.predict(image, None if reference is None else reference.embedding)
         result = SegmentationResult(
             labels=prediction.labels.cpu().numpy().astype(np.int32, copy=False),
@@ -253,6 +283,31 @@ class Segmenter:
         if self.min_cell_probability is None:
             return result
         return drop_unlikely_cells(result, self.min_cell_probability)
+
+    def _segment_instances(self, image, reference: Reference) -> SegmentationResult:
+        """The instance-level decision: every cell of the generic prediction, kept when its probability against
+        the reference is >= the scorer's threshold (and >= min_cell_probability); `probability` paints each found
+        cell with its probability (0 on background)."""
+        if reference.vectors is None:
+            raise ValueError("reference was made by a model without an instance scorer: make it with this segmenter")
+        prediction = self.predictor.predict(image)
+        tensor = as_input_image(image, self.predictor.device)
+        cells, vectors, descriptors = self.instance.cells(tensor, prediction.labels)
+        probability = self.instance.probabilities(vectors, descriptors, reference.vectors)
+        lookup = torch.zeros(int(prediction.labels.max()) + 1, device=probability.device)
+        lookup[cells] = probability
+        painted = lookup[prediction.labels.long()]
+        threshold = max(self.instance.threshold, self.min_cell_probability or -1.0)
+        keep = torch.zeros_like(lookup, dtype=torch.bool)
+        keep[cells] = probability >= threshold
+        labels = renumber(torch.where(keep[prediction.labels.long()], prediction.labels, 0).cpu().numpy()
+                          .astype(np.int32))
+        return SegmentationResult(
+            labels=labels.astype(np.int32, copy=False),
+            probability=painted.cpu().numpy().astype(np.float32, copy=False),
+            cell_probability=probability[probability >= threshold].cpu().numpy().astype(np.float32, copy=False),
+            flows=prediction.flows.cpu().numpy().astype(np.float32, copy=False),
+        )
 
     def segment_many(self, images: Iterable, reference: Reference | None) -> Iterator[SegmentationResult]:
         """`segment` for each image in turn, lazily (images may be a generator reading files)."""

@@ -44,6 +44,13 @@ def cmd_train_scorer(args: argparse.Namespace) -> int:
         print(f"percs train-scorer: error: --backbone-weights {args.backbone_weights} does not exist",
               file=sys.stderr)
         return 2
+    if bool(args.generic_checkpoint) != bool(args.model_out):
+        print("percs train-scorer: error: --generic-checkpoint and --model-out go together", file=sys.stderr)
+        return 2
+    if args.generic_checkpoint and not Path(args.generic_checkpoint).is_file():
+        print(f"percs train-scorer: error: --generic-checkpoint {args.generic_checkpoint} does not exist",
+              file=sys.stderr)
+        return 2
     if not (Path(args.data) / "manifest.json").is_file():
         print(f"percs train-scorer: error: --data {args.data} is not a built benchmark (no manifest.json)",
               file=sys.stderr)
@@ -52,10 +59,21 @@ def cmd_train_scorer(args: argparse.Namespace) -> int:
         settings = ScorerTraining(items=args.items, epochs=args.epochs, lr=args.lr, seed=args.seed,
                                   embedding=args.embedding, reference_sampling=args.reference_sampling)
         digest = train_scorer(args.data, args.backbone_weights, args.out, settings, args.backbone, args.cache)
+        print(f"wrote {args.out} (sha256 {digest})")
+        if args.generic_checkpoint:
+            from percs.evaluate.instance_method import tune_threshold
+            from percs.train.scorer import attach_scorer
+
+            threshold = args.threshold
+            if threshold is None:
+                threshold, ap = tune_threshold(args.generic_checkpoint, args.out, args.data, args.val_queries)
+                print(f"threshold {threshold:g} chosen on val (mean AP@0.5 {ap:.3f})")
+            attach_scorer(args.generic_checkpoint, args.out, threshold, args.model_out)
+            print(f"wrote {args.model_out}: {args.generic_checkpoint} with the scorer attached (percs predict, "
+                  "percs eval --method percs and Segmenter load it)")
     except (ValueError, OSError) as error:
         print(f"percs train-scorer: error: {error}", file=sys.stderr)
         return 1
-    print(f"wrote {args.out} (sha256 {digest})")
     return 0
 
 
@@ -80,4 +98,12 @@ def add_train_scorer_command(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the draws and of the fit")
     p.add_argument("--cache", metavar="FILE", help="pairs cache (.pt): read when it exists, else written")
     p.add_argument("--out", required=True, help="the scorer file to write (a .sha256 file is written beside it)")
+    p.add_argument("--generic-checkpoint", metavar="FILE",
+                   help="a generic percs model (model.head.generic=true) on the same frozen backbone: with "
+                        "--model-out, also write it with the scorer attached, one model file")
+    p.add_argument("--model-out", metavar="FILE", help="where to write the model with the scorer attached")
+    p.add_argument("--threshold", type=float,
+                   help="the attached scorer's probability threshold (default: chosen on --data's val split)")
+    p.add_argument("--val-queries", type=int, default=0, metavar="N",
+                   help="choose the threshold on the first N val queries (default 0: all)")
     p.set_defaults(func=cmd_train_scorer)

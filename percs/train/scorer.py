@@ -206,11 +206,7 @@ def load_scorer(path: str | Path, device: str | torch.device = "cpu") -> tuple[C
         raise ValueError(f"scorer file {path} could not be read: {error}") from None
     if not isinstance(record, dict) or record.get("kind") != SCORER_KIND:
         raise ValueError(f"{path} is not a percs scorer file (written by percs train-scorer)")
-    settings = record["settings"]
-    scorer = CellScorer(len(record["layers"]), record["dim"], len(record["descriptors"]), settings["width"],
-                        settings["hidden"], settings["dropout"])
-    scorer.load_state_dict(record["scorer"])
-    return scorer.to(device).eval(), record
+    return scorer_from_record(record).to(device), record
 
 
 def train_scorer(dataset_path, backbone_weights, out, settings: ScorerTraining = ScorerTraining(),
@@ -239,3 +235,42 @@ def train_scorer(dataset_path, backbone_weights, out, settings: ScorerTraining =
                   "backbone_weights": str(backbone_weights or "official")}
     return save_scorer(out, scorer, settings, backbone_name, trained_on, time.time() - start,
                        backbone_fingerprint(backbone))
+
+
+def instance_record(scorer_path: str | Path, threshold: float) -> dict:
+    """The `instance` section a checkpoint carries for the instance-level decision: the scorer file's record
+    (weights, shape, layers, embedding, what it was trained on) and the probability threshold."""
+    _, record = load_scorer(scorer_path)
+    if not -1.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be in [-1, 1], got {threshold!r}")
+    return dict(record, threshold=float(threshold))
+
+
+def attach_scorer(generic_checkpoint: str | Path, scorer_path: str | Path, threshold: float, out: str | Path) -> None:
+    """Writes `out`: the generic percs checkpoint with the scorer attached (`instance_record`), one file that
+    `percs predict`, `percs eval --method percs` and `Segmenter.from_checkpoint` load as a model that finds
+    every cell and keeps those the scorer gives a probability >= threshold. The scorer must have been trained
+    on the checkpoint's frozen backbone (fingerprints compared); the checkpoint must be generic."""
+    from percs.predict.api import load_model
+    from percs.train.checkpoint import load_checkpoint, save_checkpoint
+
+    model, _ = load_model(generic_checkpoint, "cpu")
+    if not model.generic:
+        raise ValueError(f"{generic_checkpoint} is not a generic model (model.head.generic=false): the instance "
+                         "decision scores the cells a generic model finds")
+    record = instance_record(scorer_path, threshold)
+    expected = record.get("backbone_fingerprint")
+    if expected is not None and expected != backbone_fingerprint(model.backbone):
+        raise ValueError(f"scorer {scorer_path} was trained on other backbone weights than {generic_checkpoint}'s")
+    state = load_checkpoint(generic_checkpoint)
+    state["instance"] = record
+    save_checkpoint(state, out)
+
+
+def scorer_from_record(record: dict) -> CellScorer:
+    """The CellScorer of an `instance_record` (or scorer file record), in eval mode on the CPU."""
+    settings = record["settings"]
+    scorer = CellScorer(len(record["layers"]), record["dim"], len(record["descriptors"]), settings["width"],
+                        settings["hidden"], settings["dropout"])
+    scorer.load_state_dict(record["scorer"])
+    return scorer.eval()
