@@ -109,10 +109,11 @@ namespace {
 
 percs::LabelType label_type(const py::array& a, const std::string& name) {
   if (!(a.flags() & py::array::c_style)) throw std::invalid_argument(name + " is not C-contiguous");
-  if (a.dtype().is(py::dtype::of<uint8_t>())) return percs::LabelType::u8;
-  if (a.dtype().is(py::dtype::of<uint16_t>())) return percs::LabelType::u16;
-  if (a.dtype().is(py::dtype::of<int32_t>())) return percs::LabelType::i32;
-  if (a.dtype().is(py::dtype::of<int64_t>())) return percs::LabelType::i64;
+  // Equivalent dtypes, not the same dtype object: '<i4' made by a reader (Zarr) is int32 too.
+  if (py::isinstance<py::array_t<uint8_t>>(a)) return percs::LabelType::u8;
+  if (py::isinstance<py::array_t<uint16_t>>(a)) return percs::LabelType::u16;
+  if (py::isinstance<py::array_t<int32_t>>(a)) return percs::LabelType::i32;
+  if (py::isinstance<py::array_t<int64_t>>(a)) return percs::LabelType::i64;
   throw std::invalid_argument(name + " has dtype " + std::string(py::str(a.dtype())) +
                               ", expected uint8, uint16, int32 or int64");
 }

@@ -89,6 +89,16 @@ def test_label_overlaps_batch_of_mixed_shapes_and_dtypes():
     assert_overlaps_equal(M.label_overlaps([torch.from_numpy(t) for t in true], pred), expected)
 
 
+@pytest.mark.parametrize("dtype", [np.int32, np.int64])
+def test_label_overlaps_take_dtypes_equal_to_native_ones(dtype):
+    """A dtype object equal to a native one but not it (as Zarr's readers make: '<i4' spelled out) is read."""
+    true, pred = random_pair((20, 30), 3)
+    spelled = np.dtype(dtype).newbyteorder("<")
+    assert spelled == np.dtype(dtype) and spelled is not np.dtype(dtype)
+    expected = R.label_overlaps([true], [pred])
+    assert_overlaps_equal(M.label_overlaps(true.astype(dtype).view(spelled), pred.astype(dtype).view(spelled)), expected)
+
+
 @pytest.mark.parametrize("dtype", [np.int32, np.int64, np.uint64])
 def test_label_overlaps_huge_labels_and_gaps(dtype):
     true, pred = random_pair((40, 30), 7)
