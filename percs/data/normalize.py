@@ -44,15 +44,32 @@ def _mapping(n_channels: int, channels: Sequence[int] | None) -> tuple[int | Non
     return {1: picked * 3, 2: picked + (None,), 3: picked}[len(picked)]
 
 
-def scale_channel(channel: np.ndarray, lower: float, upper: float) -> np.ndarray:
-    """(H, W) float32 with the lower / upper percentiles at 0 / 1 (min / max if those coincide; 0 if constant)."""
+def channel_range(channel: np.ndarray, lower: float, upper: float) -> tuple[float, float]:
+    """(lo, hi) that `scale_channel` maps to 0 and 1: the lower / upper percentiles of the channel's float32
+    values, or its min / max if those coincide (lo == hi for a constant channel)."""
     values = channel.astype(np.float32, copy=False)
     lo, hi = np.percentile(values, (lower, upper))
     if hi <= lo:
         lo, hi = float(values.min()), float(values.max())
+    return lo, hi
+
+
+def scale_to_range(channel: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """(H, W) float32 with lo at 0 and hi at 1 (all 0 when hi <= lo)."""
+    values = channel.astype(np.float32, copy=False)
     if hi <= lo:
         return np.zeros(values.shape, np.float32)
     return ((values - np.float32(lo)) / np.float32(hi - lo)).astype(np.float32, copy=False)
+
+
+def scale_channel(channel: np.ndarray, lower: float, upper: float) -> np.ndarray:
+    """(H, W) float32 with the lower / upper percentiles at 0 / 1 (min / max if those coincide; 0 if constant)."""
+    return scale_to_range(channel, *channel_range(channel, lower, upper))
+
+
+def used_channels(n_channels: int, channels: Sequence[int] | None = None) -> list[int]:
+    """The source channels that the three output channels take, each once, in order of first use."""
+    return [c for c in dict.fromkeys(_mapping(n_channels, channels)) if c is not None]
 
 
 def normalize_image(image: np.ndarray, lower: float = 1.0, upper: float = 99.0,
@@ -76,8 +93,21 @@ def normalize_image(image: np.ndarray, lower: float = 1.0, upper: float = 99.0,
     if not 0 <= lower < upper <= 100:
         raise ValueError(f"lower={lower}, upper={upper}: expected 0 <= lower < upper <= 100")
     stack = image[..., None] if image.ndim == 2 else image
+    ranges = {c: channel_range(stack[..., c], lower, upper) for c in used_channels(stack.shape[2], channels)}
+    return normalize_with_ranges(image, ranges, channels)
+
+
+def normalize_with_ranges(image: np.ndarray, ranges: dict[int, tuple[float, float]],
+                          channels: Sequence[int] | None = None) -> np.ndarray:
+    """`normalize_image` with each used source channel's (lo, hi) given (`channel_range` of the whole image):
+    a part of an image normalised as the whole is. image: (H, W) or (H, W, C); ranges: {source channel: (lo,
+    hi)} for every channel of `used_channels`. Returns (3, H, W) float32."""
+    stack = image[..., None] if image.ndim == 2 else image
     mapping = _mapping(stack.shape[2], channels)
-    scaled = {c: scale_channel(stack[..., c], lower, upper) for c in dict.fromkeys(mapping) if c is not None}
+    missing = [c for c in mapping if c is not None and c not in ranges]
+    if missing:
+        raise ValueError(f"ranges has no (lo, hi) for source channels {sorted(set(missing))}")
+    scaled = {c: scale_to_range(stack[..., c], *ranges[c]) for c in dict.fromkeys(mapping) if c is not None}
     out = np.empty((3,) + stack.shape[:2], np.float32)
     for k, c in enumerate(mapping):
         source = scaled[c] if c is not None else np.float32(0)

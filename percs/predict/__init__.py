@@ -7,10 +7,14 @@ and images larger than memory.
   `SegmentationResult`, the input checks;
 - `percs.predict.files`: image files in, labels / overlays / cell tables out (`percs.predict_files` is the same
   module);
-- `percs.predict.cli`: the `percs predict` parser (`percs.predict_cli` is the same module).
+- `percs.predict.cli`: the `percs predict` parser (`percs.predict_cli` is the same module);
+- `percs.predict.blockwise`: images larger than memory, block by block on dask (`segment_blockwise`,
+  `BlockwiseConfig`, `ReferenceRegion`), with `blocks` (grid, exact stitching), `source` (lazy Zarr / TIFF
+  reading), `image_stats` (whole-image normalisation from histograms), `dask_runner` and `large_images` (the
+  command line's large images); docs/large_images.md.
 
-The names of `percs.predict.predictor` are importable from `percs.predict` itself, lazily, so that building the
-`percs predict` parser (in `percs.predict.cli`) imports no torch.
+The names of `percs.predict.predictor` and the blockwise entry points are importable from `percs.predict`
+itself, lazily, so that building the `percs predict` parser (in `percs.predict.cli`) imports no torch.
 """
 
 import importlib
@@ -18,6 +22,8 @@ import importlib
 _EXPORTS = {
     "percs.predict.predictor": ("Prediction", "Predictor", "PredictorConfig", "as_input_image", "cell_mean",
                                 "padded_size", "sliding_windows", "window_batches", "window_starts"),
+    "percs.predict.blockwise": ("BlockwiseConfig", "BlockwiseResult", "ReferenceRegion", "segment_blockwise"),
+    "percs.predict.source": ("ImageSource", "open_image"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 

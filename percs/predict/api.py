@@ -5,6 +5,7 @@
     reference = segmenter.reference(image, labels=truth, label=12)  # or segmenter.reference(image, cell_mask)
     result = segmenter.segment(other_image, reference)           # SegmentationResult of NumPy arrays
     for result in segmenter.segment_many(images, reference): ...
+    segmenter.segment_large("slide.ome.zarr", reference, "slide_labels.zarr")  # block by block, on dask
 
 `load_model` gives the bare (model, config) for code that drives `percs.predict.Predictor` itself.
 """
@@ -313,6 +314,16 @@ class Segmenter:
         """`segment` for each image in turn, lazily (images may be a generator reading files)."""
         for image in images:
             yield self.segment(image, reference)
+
+    def segment_large(self, image, reference, labels_path: str | Path, config=None):
+        """An image far larger than memory, segmented block by block on dask into the Zarr array labels_path
+        (`percs.predict.blockwise.segment_blockwise`). image: a Zarr / OME-Zarr store or TIFF path, an
+        ImageSource or an array; reference: from `reference`, or a `percs.predict.blockwise.ReferenceRegion`
+        (a cell inside the large image); config: a BlockwiseConfig (block size, overlap, dask scheduler).
+        Returns the BlockwiseResult (labels path, cell table, counts)."""
+        from percs.predict.blockwise import BlockwiseConfig, segment_blockwise
+
+        return segment_blockwise(self, image, reference, labels_path, config or BlockwiseConfig())
 
 
 def drop_unlikely_cells(result: SegmentationResult, min_cell_probability: float) -> SegmentationResult:

@@ -15,13 +15,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from percs.train.checkpoint import CheckpointError
 
     try:
-        reference_image, reference_mask, jobs = _checked_inputs(args)
+        reference_image, reference_mask, region, jobs = _checked_inputs(args)
     except _InputError as error:
         _print_errors(error.lines)
         return 2
     try:
         segmenter = Segmenter.from_checkpoint(args.checkpoint, args.device,
                                               min_cell_probability=args.min_cell_probability)
+        blockwise = _blockwise_config(args, segmenter, region.mask if region else reference_mask, jobs)
     except (CheckpointError, ValueError, OSError) as error:
         _print_errors([str(error)])
         return 2
@@ -31,7 +32,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
               "to work on real images")
     try:
         failures = segment_files(segmenter, reference_image, reference_mask, jobs, args.out,
-                                 progress=not args.no_progress, warn=_warn)
+                                 progress=not args.no_progress, warn=_warn, blockwise=blockwise,
+                                 reference_region=region)
     except (ValueError, OSError) as error:
         _print_errors([str(error)])
         return 1
@@ -60,12 +62,36 @@ def _print_errors(messages) -> None:
         print("percs predict: error: " + " ".join(str(message).splitlines()), file=sys.stderr)
 
 
+def _blockwise_config(args: argparse.Namespace, segmenter, reference_mask, jobs):
+    """The BlockwiseConfig of the options, or None without blockwise jobs. ValueError naming the option when
+    the block size is smaller than the overlap, or the model cannot be run block by block."""
+    if not any(job.blockwise for job in jobs):
+        return None
+    from percs.predict.blockwise import BlockwiseConfig, default_overlap
+
+    if segmenter.instance is not None:
+        raise ValueError("--checkpoint: a model with an instance scorer is not yet run block by block (large "
+                         "images, --blockwise, --dask-scheduler)")
+    window = segmenter.predictor.config.window
+    overlap = args.overlap if args.overlap is not None else default_overlap(reference_mask, window)
+    if args.block_size < overlap:
+        what = "--overlap" if args.overlap is not None else \
+            f"the overlap (the window {window} + 2 x the reference cell's diameter)"
+        raise ValueError(f"--block-size {args.block_size} is smaller than {what}, {overlap} pixels: choose a block "
+                         f"size of at least {overlap}")
+    return BlockwiseConfig(block_size=args.block_size, overlap=args.overlap, workers=args.workers,
+                           scheduler=args.dask_scheduler, progress=not args.no_progress, restart=args.overwrite)
+
+
 def _checked_inputs(args: argparse.Namespace):
-    """(reference image, reference mask (H, W) bool, image jobs) once every input passed its checks: the
-    options, the checkpoint file, the reference, every image read whole, the outputs. _InputError otherwise."""
+    """(reference image, reference mask (H, W) bool, reference region, image jobs) once every input passed its
+    checks: the options, the checkpoint file, the reference, every image (read whole, or a large image's store),
+    the outputs. The reference is an image and mask, or (for a large reference image) a ReferenceRegion with
+    image and mask None. _InputError otherwise."""
     from percs.predict.api import resolve_device
     from percs.data.io import DataFileError, check_file
-    from percs.predict.files import check_images, find_images, plan_outputs, read_reference
+    from percs.predict.files import check_images, find_images, plan_outputs
+    from percs.predict.large_images import is_blockwise
 
     options = {Path(args.checkpoint): "--checkpoint", Path(args.reference_image): "--reference-image",
                Path(args.reference_mask): "--reference-mask"}
@@ -81,28 +107,69 @@ def _checked_inputs(args: argparse.Namespace):
         resolve_device(args.device)
     except ValueError as error:
         raise _InputError([f"--device: {error}"]) from None
+    _check_blockwise_options(args)
     try:
         check_file(args.checkpoint)
-        reference_image, reference_mask = read_reference(args.reference_image, args.reference_mask,
-                                                         args.reference_label)
+        reference_image, reference_mask, region = _read_reference(args)
         images = find_images(args.images, out=args.out)
     except ValueError as error:
         raise _InputError([named(error)]) from None
-    problems = check_images(images)
+    forced = args.blockwise or args.dask_scheduler is not None
+    blockwise = [is_blockwise(Path(image), forced) for image in images]
+    problems = check_images(images, blockwise)
     if problems:
         raise _InputError([f"IMAGES {problem}" for problem in problems])
     try:
-        jobs = plan_outputs(images, args.reference_image, args.out, overwrite=args.overwrite)
+        jobs = plan_outputs(images, args.reference_image, args.out, overwrite=args.overwrite, blockwise=blockwise)
     except ValueError as error:
         raise _InputError([str(error)]) from None
-    return reference_image, reference_mask, jobs
+    return reference_image, reference_mask, region, jobs
+
+
+def _check_blockwise_options(args: argparse.Namespace) -> None:
+    problems = []
+    if args.block_size <= 0 or args.block_size % 16:
+        problems.append(f"--block-size must be a positive multiple of 16, got {args.block_size}")
+    if args.overlap is not None and args.overlap < 0:
+        problems.append(f"--overlap must be >= 0, got {args.overlap}")
+    elif args.overlap is not None and args.block_size < args.overlap:
+        problems.append(f"--block-size {args.block_size} is smaller than --overlap {args.overlap}")
+    if args.workers < 1:
+        problems.append(f"--workers must be at least 1, got {args.workers}")
+    if problems:
+        raise _InputError(problems)
+
+
+def _read_reference(args: argparse.Namespace):
+    """(image, mask, None) for a reference image read whole; (None, None, ReferenceRegion) for a large one."""
+    from percs.predict.files import read_reference, read_reference_mask
+    from percs.predict.large_images import is_blockwise, reference_region
+
+    path = Path(args.reference_image)
+    if path.exists() and is_blockwise(path):
+        if args.reference_offset is None:
+            raise ValueError(f"--reference-offset Y,X is needed: the reference image {path} is large (read block by "
+                             "block), so --reference-mask is a small mask placed at that offset")
+        mask = read_reference_mask(args.reference_mask, args.reference_label)
+        return None, None, reference_region(path, mask, args.reference_offset)
+    image, mask = read_reference(path, args.reference_mask, args.reference_label, args.reference_offset)
+    return image, mask, None
+
+
+def _offset(text: str) -> tuple[int, int]:
+    try:
+        y, x = (int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected Y,X (two integers, pixels), got {text!r}") from None
+    return y, x
 
 
 def add_predict_command(sub) -> None:
     """Adds `percs predict` to the subcommands of the percs parser."""
     p = sub.add_parser("predict", help="segment the cells of a reference cell's type in image files")
     p.add_argument("images", nargs="+", metavar="IMAGES",
-                   help="image files or folders of them (TIFF, PNG, JPEG; grey or colour; 8 or 16 bit)")
+                   help="image files or folders of them (TIFF, PNG, JPEG; grey or colour; 8 or 16 bit), and Zarr / "
+                        "OME-Zarr stores")
     p.add_argument("--checkpoint", required=True, help="a percs train checkpoint (best.pt / last.pt)")
     p.add_argument("--reference-image", required=True, help="the image holding the reference cell")
     p.add_argument("--reference-mask", required=True,
@@ -115,4 +182,21 @@ def add_predict_command(sub) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     p.add_argument("--overwrite", action="store_true", help="replace outputs that already exist in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    g = p.add_argument_group("large images", "Zarr / OME-Zarr stores and TIFFs over 64 MP are segmented block by "
+                             "block on dask and written as <stem>_labels.zarr (and .tif up to 256 MP) with "
+                             "<stem>_cells.csv; a killed run started again resumes its finished blocks")
+    g.add_argument("--reference-offset", type=_offset, metavar="Y,X",
+                   help="top-left pixel of a --reference-mask smaller than the reference image (needed when the "
+                        "reference image is large: the mask is then a small file around the cell)")
+    g.add_argument("--block-size", type=int, default=2048,
+                   help="side of a block's core in pixels, a multiple of 16 (default 2048); also the Zarr chunk")
+    g.add_argument("--overlap", type=int,
+                   help="context added around each block, in pixels (default: the model's window + 2 x the "
+                        "reference cell's diameter); at most --block-size")
+    g.add_argument("--dask-scheduler", metavar="ADDRESS",
+                   help="run the blocks on this dask.distributed scheduler (e.g. tcp://10.0.0.5:8786; workers must "
+                        "see --out and the images at the same paths); implies --blockwise")
+    g.add_argument("--workers", type=int, default=1,
+                   help="threads of dask's local scheduler when there is no --dask-scheduler (default 1)")
+    g.add_argument("--blockwise", action="store_true", help="segment every image block by block, whatever its size")
     p.set_defaults(func=cmd_predict)

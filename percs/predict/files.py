@@ -13,6 +13,8 @@ Outputs in the out folder, for an image `<stem>.<ext>`: `<stem>_labels.tif` (int
 legend strip under the image) and `<stem>_cells.csv` (id, area in pixels, centroid_y, centroid_x in pixels,
 score = the cell's mean same-type probability); once, `reference_overlay.png` (the reference cell on its image)
 when an image is not the reference image. An image with fewer than FEW_CELLS cells found is warned about.
+Large images (Zarr stores, big TIFFs) are segmented block by block, on dask, with their own outputs: see
+`percs.predict.large_images`.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ from percs.predict.api import SegmentationResult, Segmenter, check_image_size, r
 from percs.data.io import (IMAGE_SUFFIXES, DataFileError, check_file, read_image, read_label_file, to_label_image,
                            write_tiff)
 from percs.overlay import FOUND_LEGEND, REFERENCE_COLOUR, add_legend, draw_overlay, save_png
+from percs.predict.large_images import (BLOCKWISE_OUTPUT_SUFFIXES, check_large_image, output_stem, resumable,
+                                        segment_large_file)
+from percs.predict.source import TIFF_SUFFIXES, is_zarr_store
 
 OUTPUT_SUFFIXES = ("_labels.tif", "_overlay.png", "_cells.csv")
 REFERENCE_OVERLAY = "reference_overlay.png"
@@ -44,32 +49,43 @@ class FewCellsWarning(UserWarning):
 
 @dataclass(frozen=True)
 class ImageJob:
-    """One input image: its path, the stem of its outputs, and whether it is the reference image's file."""
+    """One input image: its path, the stem of its outputs, whether it is the reference image's file, and
+    whether it is segmented block by block (`percs.predict.large_images`)."""
 
     path: Path
     stem: str
     is_reference: bool
+    blockwise: bool = False
 
 
 def _is_output(path: Path) -> bool:
-    return path.name == REFERENCE_OVERLAY or path.name.endswith(OUTPUT_SUFFIXES)
+    return path.name == REFERENCE_OVERLAY or path.name.endswith(OUTPUT_SUFFIXES + BLOCKWISE_OUTPUT_SUFFIXES)
+
+
+def _is_image(path: Path) -> bool:
+    if path.name.startswith("."):
+        return False
+    if path.is_dir():
+        return is_zarr_store(path)
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES + TIFF_SUFFIXES
 
 
 def find_images(paths: Sequence[str | Path], out: str | Path | None = None) -> list[Path]:
-    """The image files (PNG, JPEG, TIFF) of `paths`: files as given, folders' files sorted by name (not
-    recursing; in the `out` folder, files named like outputs are skipped). A file given twice is kept once.
-    DataFileError for a missing path or a file of another kind; ValueError when no image is found."""
+    """The images (PNG, JPEG, TIFF files, Zarr stores) of `paths`: as given, and folders' images sorted by name
+    (not recursing; in the `out` folder, images named like outputs are skipped). An image given twice is kept
+    once. DataFileError for a missing path or a file of another kind; ValueError when no image is found."""
     out_folder = Path(out).resolve() if out is not None else None
     found: dict[Path, Path] = {}
     for path in map(Path, paths):
-        if path.is_dir():
-            files = [f for f in sorted(path.iterdir()) if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
-                     and not f.name.startswith(".")]
+        if path.is_dir() and not is_zarr_store(path):
+            files = [f for f in sorted(path.iterdir()) if _is_image(f)]
             if path.resolve() == out_folder:
                 files = [f for f in files if not _is_output(f)]
-        elif path.is_file():
-            if path.suffix.lower() not in IMAGE_SUFFIXES:
-                raise DataFileError(path, f"unsupported image suffix {path.suffix!r}, expected one of {IMAGE_SUFFIXES}")
+        elif path.exists():
+            if not _is_image(path):
+                suffixes = IMAGE_SUFFIXES + TIFF_SUFFIXES
+                raise DataFileError(path, f"unsupported image suffix {path.suffix!r}, expected one of {suffixes} "
+                                          "or a Zarr store")
             files = [path]
         else:
             raise DataFileError(path, "does not exist")
@@ -103,12 +119,18 @@ def read_query_image(path: str | Path) -> np.ndarray:
     return image
 
 
-def check_images(paths: Sequence[str | Path]) -> list[str]:
+def check_images(paths: Sequence[str | Path], blockwise: Sequence[bool] | None = None) -> list[str]:
     """One message per image of `paths` that `read_query_image` refuses (unreadable, corrupt, of the wrong
     shape, dtype or size), naming the file; empty when every image can be segmented. Each image is read whole
-    (and dropped), so that a bad file is found before a model is loaded."""
+    (and dropped), so that a bad file is found before a model is loaded; an image marked in `blockwise` only
+    has its store's metadata and first pixels read (`large_images.check_large_image`)."""
     problems = []
-    for path in paths:
+    for path, large in zip(paths, blockwise or [False] * len(paths)):
+        if large:
+            problem = check_large_image(Path(path))
+            if problem is not None:
+                problems.append(problem)
+            continue
         try:
             read_query_image(path)
         except DataFileError as error:
@@ -124,35 +146,49 @@ def _mask_file_labels(path: Path) -> np.ndarray:
     return to_label_image(raw.astype(np.uint8) if raw.dtype == bool else raw, path)
 
 
-def read_reference(image_path: str | Path, mask_path: str | Path,
-                   label: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def read_reference(image_path: str | Path, mask_path: str | Path, label: int | None = None,
+                   offset: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(reference image as `read_query_image` gives it, (H, W) bool mask of the reference cell).
 
     mask_path: without `label`, a mask file with one non-zero value (0/1, 0/255, ...), the cell; with `label`, a
-    label image, the cell being its pixels equal to `label`. DataFileError naming the file at fault when the
-    mask is empty, holds several labels (without `label`), lacks `label`, or differs in size from the image.
+    label image, the cell being its pixels equal to `label`. offset: where the mask's top-left pixel lies in the
+    image (y, x), for a mask smaller than the image; None: the mask covers the image. DataFileError naming the
+    file at fault when the mask is empty, holds several labels (without `label`), lacks `label`, differs in size
+    from the image, or lies outside it.
     """
+    from percs.predict.large_images import check_offset, placed_mask
+
     image = read_query_image(image_path)
-    labels = _mask_file_labels(check_file(mask_path))
-    if labels.shape != image.shape[:2]:
-        raise DataFileError(mask_path, f"size {labels.shape} differs from the reference image {image_path}'s "
+    mask = read_reference_mask(mask_path, label)
+    if offset is not None:
+        check_offset(mask.shape, offset, image.shape[:2], image_path)
+        mask = placed_mask(mask, offset, image.shape[:2])
+    elif mask.shape != image.shape[:2]:
+        raise DataFileError(mask_path, f"size {mask.shape} differs from the reference image {image_path}'s "
                                        f"{image.shape[:2]} (height, width)")
+    try:
+        return image, reference_cell_mask(image.shape[:2], mask)
+    except ValueError as error:
+        raise DataFileError(mask_path, str(error)) from None
+
+
+def read_reference_mask(mask_path: str | Path, label: int | None = None) -> np.ndarray:
+    """(h, w) bool mask of the reference cell in a mask file (one non-zero value) or, with `label`, a label
+    image's cell `label`. DataFileError naming the file when it is empty, holds several labels (without
+    `label`) or lacks `label`."""
+    labels = _mask_file_labels(check_file(mask_path))
     if not labels.any():
         raise DataFileError(mask_path, "is empty (every pixel is 0): it marks no reference cell")
     if label is None:
         values = np.unique(labels[labels > 0])
         if len(values) > 1:
             raise DataFileError(mask_path, f"holds {len(values)} labels, not one cell: pick one with --reference-label")
-    elif label <= 0 or not (labels == label).any():
+        return labels > 0
+    if label <= 0 or not (labels == label).any():
         ids = np.unique(labels[labels > 0])
         raise DataFileError(mask_path, f"has no cell labelled {label} (--reference-label): its labels are "
                                        f"{ids.min()}..{ids.max()} ({len(ids)} cells)")
-    try:
-        if label is None:
-            return image, reference_cell_mask(image.shape[:2], labels > 0)
-        return image, reference_cell_mask(image.shape[:2], labels=labels, label=label)
-    except ValueError as error:
-        raise DataFileError(mask_path, str(error)) from None
+    return labels == label
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -163,25 +199,30 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def plan_outputs(images: Sequence[Path], reference_image: str | Path, out: str | Path,
-                 overwrite: bool = False) -> list[ImageJob]:
+                 overwrite: bool = False, blockwise: Sequence[bool] | None = None) -> list[ImageJob]:
     """One ImageJob per image, after checking that no two images write the same output (same stem, or a
-    stem "reference" next to the reference overlay) and, unless overwrite, that no output exists yet.
-    ValueError naming the files otherwise (nothing is written before every check passed)."""
+    stem "reference" next to the reference overlay) and, unless overwrite, that no output exists yet (but
+    those of an unfinished blockwise run, which is resumed). blockwise: per image, whether it is segmented
+    block by block. ValueError naming the files otherwise (nothing is written before every check passed)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a folder")
-    jobs = [ImageJob(Path(p), Path(p).stem, _same_file(Path(p), Path(reference_image))) for p in images]
+    jobs = [ImageJob(Path(p), output_stem(Path(p)), _same_file(Path(p), Path(reference_image)), large)
+            for p, large in zip(images, blockwise or [False] * len(images))]
     by_stem: dict[str, Path] = {}
     for job in jobs:
         first = by_stem.setdefault(job.stem.casefold(), job.path)
         if first != job.path:
             raise ValueError(f"{first} and {job.path} would both write {out / job.stem}_*: rename one of them")
-    outputs = [out / f"{job.stem}{suffix}" for job in jobs for suffix in OUTPUT_SUFFIXES]
+    resuming = [job.blockwise and resumable(out, job.stem) for job in jobs]
+    outputs = [out / f"{job.stem}{suffix}" for job, resumed in zip(jobs, resuming) if not resumed
+               for suffix in (BLOCKWISE_OUTPUT_SUFFIXES if job.blockwise else OUTPUT_SUFFIXES)]
     if not all(job.is_reference for job in jobs):
         if "reference" in by_stem:
             raise ValueError(f"{by_stem['reference']}: its overlay would overwrite {out / REFERENCE_OVERLAY}, "
                              "the reference cell's picture: rename the file")
-        outputs.append(out / REFERENCE_OVERLAY)
+        if not any(resuming):  # else the unfinished run drew it
+            outputs.append(out / REFERENCE_OVERLAY)
     existing = [path for path in outputs if path.exists()]
     if existing and not overwrite:
         raise ValueError(f"{existing[0]} exists ({len(existing)} outputs would be overwritten): pass --overwrite, "
@@ -228,32 +269,46 @@ def few_cells_message(path: str | Path, n_cells: int) -> str | None:
             "model may not know this kind of image (see what it was trained on)")
 
 
-def segment_files(segmenter: Segmenter, reference_image: np.ndarray, reference_mask: np.ndarray,
+def segment_files(segmenter: Segmenter, reference_image: np.ndarray | None, reference_mask: np.ndarray | None,
                   jobs: Sequence[ImageJob], out: str | Path, progress: bool = True,
-                  warn: Callable[[str], None] | None = None) -> list[str]:
+                  warn: Callable[[str], None] | None = None, blockwise=None, reference_region=None) -> list[str]:
     """Segments every job's image with the reference cell and writes its outputs into `out` (created).
 
     A bad image does not stop the others: the returned list holds one message per image that failed, naming
     the file and the problem (empty when all succeeded). progress: a tqdm bar over the images on stderr.
     warn: called with `few_cells_message` for each image with fewer than FEW_CELLS cells (default: a
-    FewCellsWarning through the warnings module).
+    FewCellsWarning through the warnings module). blockwise: the `percs.predict.blockwise.BlockwiseConfig` of
+    the jobs marked blockwise (default settings when None). reference_region: a
+    `percs.predict.blockwise.ReferenceRegion`, the reference cell inside a large image, instead of
+    reference_image and reference_mask (then None).
     """
     from tqdm import tqdm
 
+    from percs.predict.api import Reference
+    from percs.predict.blockwise import BlockwiseConfig, reference_region_embedding
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    reference = segmenter.reference(reference_image, reference_mask)
-    if not all(job.is_reference for job in jobs):
+    if reference_region is not None:
+        reference = Reference(reference_region_embedding(segmenter, reference_region), reference_region.mask)
+    else:
+        reference = segmenter.reference(reference_image, reference_mask)
+    if reference_image is not None and not all(job.is_reference for job in jobs):
         blank = np.zeros(reference_mask.shape, np.int32)
         picture = draw_overlay(reference_image, blank, reference_mask=reference_mask)
         save_png(out / REFERENCE_OVERLAY, add_legend(picture, (("reference", REFERENCE_COLOUR),)))
     failures = []
     for job in tqdm(jobs, desc="percs predict", unit="image", disable=not progress, file=sys.stderr):
         try:
-            image = read_query_image(job.path)
-            result = segmenter.segment(image, reference)
-            write_outputs(out, job.stem, image, result, reference_mask if job.is_reference else None)
-            message = few_cells_message(job.path, int(result.labels.max(initial=0)))
+            if job.blockwise:
+                config = blockwise or BlockwiseConfig(progress=progress)
+                n_cells = segment_large_file(segmenter, job.path, job.stem, reference, out, config).n_cells
+            else:
+                image = read_query_image(job.path)
+                result = segmenter.segment(image, reference)
+                write_outputs(out, job.stem, image, result, reference_mask if job.is_reference else None)
+                n_cells = int(result.labels.max(initial=0))
+            message = few_cells_message(job.path, n_cells)
             if message is not None:
                 (warn or _warn)(message)
         except DataFileError as error:
