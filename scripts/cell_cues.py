@@ -28,7 +28,8 @@ from percs.predict import as_input_image
 
 
 @torch.no_grad()
-def split_queries(dataset, split: str, backbone, layers, every: int = 1, embedding: str = "patch") -> list[dict]:
+def split_queries(dataset, split: str, backbone, layers, every: int = 1, embedding: str = "patch", size: int = 56,
+                  context: float = 2.0) -> list[dict]:
     """Per query: every true cell's pooled vectors and descriptors, the reference's, and the target flags."""
     from tqdm import tqdm
 
@@ -40,7 +41,7 @@ def split_queries(dataset, split: str, backbone, layers, every: int = 1, embeddi
             labels = torch.from_numpy(dataset.read_labels(record).astype(np.int64))
             image = as_input_image(dataset.read_image(record), torch.device("cpu"))
             if embedding == "window":
-                cells, pooled = cell_vectors(backbone, image, labels, layers)
+                cells, pooled = cell_vectors(backbone, image, labels, layers, size, context)
             else:
                 features = image_block_features(backbone, image, layers)
                 cells, pooled = pool_cells(features, pad_to_grid(labels, features[0].shape[1:]))
@@ -53,7 +54,7 @@ def split_queries(dataset, split: str, backbone, layers, every: int = 1, embeddi
         ref_mask = torch.from_numpy(dataset.read_labels(ref_record) == q.reference_label)
         ref_pooled, ref_descriptors = reference_vectors(backbone, ref_image, ref_mask, layers)
         if embedding == "window":
-            ref_pooled = cell_vectors(backbone, ref_image, ref_mask.long(), layers)[1][0]
+            ref_pooled = cell_vectors(backbone, ref_image, ref_mask.long(), layers, size, context)[1][0]
         out.append(dict(cells=pooled, descriptors=descriptors, target=torch.from_numpy(types == q.target_type),
                         reference=ref_pooled, reference_descriptors=ref_descriptors, origin=q.origin,
                         target_type=q.target_type))
@@ -98,6 +99,8 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=1, help="every K-th query of each split")
     parser.add_argument("--embedding", choices=("patch", "window"), default="patch",
                         help="cells pooled from the image's features (patch) or each alone at one scale (window)")
+    parser.add_argument("--window-size", type=int, default=56, help="window embedding: pixels of each window")
+    parser.add_argument("--context", type=float, default=2.0, help="window embedding: window side / cell diameter")
     args = parser.parse_args()
     layers = tuple(int(l) for l in args.layers.split(","))
     cache = Path(args.cache)
@@ -114,12 +117,15 @@ def main() -> None:
     report = {}
     for split in args.splits.split(","):
         suffix = "" if args.embedding == "patch" else f"_{args.embedding}"
+        if args.embedding == "window" and (args.window_size, args.context) != (56, 2.0):
+            suffix += f"{args.window_size}x{args.context:g}"
         path = cache / f"{dataset.name}_{split}_every{args.every}_layers{'-'.join(map(str, layers))}{suffix}.pt"
         if path.exists():
             queries = torch.load(path, weights_only=False)
         else:
             start = time.time()
-            queries = split_queries(dataset, split, backbone, layers, args.every, args.embedding)
+            queries = split_queries(dataset, split, backbone, layers, args.every, args.embedding, args.window_size,
+                                    args.context)
             torch.save(queries, path)
             print(f"{split}: vectors in {time.time() - start:.0f} s", flush=True)
         aucs = cue_aucs(queries, layers, scorer)

@@ -26,11 +26,13 @@ class InstanceDecision:
     """Masks from `source` (a `PercsGenericMasks`) kept by an `InstanceScorer` on the source model's backbone;
     `segment(image, reference_image, reference_mask)` -> (H, W) int32 (see the module docstring)."""
 
-    def __init__(self, source, scorer, threshold: float = 0.5, layers=LAYERS, embedding: str = "window"):
+    def __init__(self, source, scorer, threshold: float = 0.5, layers=LAYERS, embedding: str = "window",
+                 window_size: int = 56, context: float = 2.0):
         config = source.predictor.config
         self.source = source
         self.instance = InstanceScorer(source.predictor.model.backbone, scorer, layers, embedding, threshold,
-                                       config.reference_window, config.stride, config.batch_size)
+                                       config.reference_window, config.stride, config.batch_size, window_size,
+                                       context)
         self.cells = ImageCache(self._cells)
         self.settings: dict = {}
         self.tuning = ""
@@ -111,8 +113,10 @@ def build_instance(args: argparse.Namespace, dataset=None) -> InstanceDecision:
     if record.get("backbone_fingerprint") not in (None, fingerprint):
         raise ValueError(f"--scorer {args.scorer} was trained on other backbone weights than "
                          f"--generic-checkpoint {args.generic_checkpoint}'s (fingerprints differ)")
+    settings = record["settings"]
     method = InstanceDecision(source, scorer, args.scorer_threshold or 0.0, record["layers"],
-                              record["settings"].get("embedding", "patch"))
+                              settings.get("embedding", "patch"), settings.get("window_size", 56),
+                              settings.get("context", 2.0))
     method.settings = {"masks": source.name, "generic_checkpoint": args.generic_checkpoint, "scorer": args.scorer,
                        "scorer_trained_on": record["trained_on"], "layers": record["layers"],
                        "embedding": method.instance.embedding, "device": str(device)}

@@ -250,9 +250,11 @@ class InstanceScorer:
     """
 
     def __init__(self, backbone, scorer: CellScorer, layers=LAYERS, embedding: str = "window",
-                 threshold: float = 0.5, window: int = 224, stride: int = 168, batch_size: int = 8):
+                 threshold: float = 0.5, window: int = 224, stride: int = 168, batch_size: int = 8,
+                 window_size: int = 56, context: float = 2.0):
         if embedding not in ("window", "patch"):
             raise ValueError(f"embedding must be 'window' or 'patch', got {embedding!r}")
+        self.window_size, self.context = window_size, context
         self.backbone, self.scorer, self.layers, self.embedding = backbone, scorer, tuple(layers), embedding
         self.threshold, self.window, self.stride, self.batch_size = float(threshold), window, stride, batch_size
 
@@ -261,7 +263,8 @@ class InstanceScorer:
         """(vectors (L, C), descriptors (D,)) of the reference cell, mask (H, W) bool in image (3, H, W)."""
         if self.embedding == "window":
             labels = mask.to(torch.int64)
-            return cell_vectors(self.backbone, image, labels, self.layers)[1][0], cell_descriptors(image, labels)[1][0]
+            vectors = cell_vectors(self.backbone, image, labels, self.layers, self.window_size, self.context)[1][0]
+            return vectors, cell_descriptors(image, labels)[1][0]
         return reference_vectors(self.backbone, image, mask, self.layers, self.window)
 
     @torch.no_grad()
@@ -269,7 +272,7 @@ class InstanceScorer:
         """(cells (N,) ascending, vectors (N, L, C), descriptors (N, D)) of labels (H, W) in image (3, H, W)."""
         labels = labels.to(torch.int64)
         if self.embedding == "window":
-            cells, vectors = cell_vectors(self.backbone, image, labels, self.layers)
+            cells, vectors = cell_vectors(self.backbone, image, labels, self.layers, self.window_size, self.context)
         else:
             features = image_block_features(self.backbone, image, self.layers, self.window, self.stride,
                                             self.batch_size)

@@ -97,8 +97,10 @@ def _instance_scorer(path: Path, model, record: dict, predict: PredictorConfig):
 
     try:
         scorer = scorer_from_record(record).to(next(model.parameters()).device)
-        return InstanceScorer(model.backbone, scorer, record["layers"], record["settings"].get("embedding", "patch"),
-                              record["threshold"], predict.reference_window, predict.stride, predict.batch_size)
+        settings = record["settings"]
+        return InstanceScorer(model.backbone, scorer, record["layers"], settings.get("embedding", "patch"),
+                              record["threshold"], predict.reference_window, predict.stride, predict.batch_size,
+                              settings.get("window_size", 56), settings.get("context", 2.0))
     except (KeyError, RuntimeError, ValueError) as error:
         raise ModelLoadError(f"checkpoint {path} has an unreadable instance scorer: {error}") from None
 

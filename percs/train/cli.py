@@ -57,7 +57,8 @@ def cmd_train_scorer(args: argparse.Namespace) -> int:
         return 2
     try:
         settings = ScorerTraining(items=args.items, epochs=args.epochs, lr=args.lr, seed=args.seed,
-                                  embedding=args.embedding, reference_sampling=args.reference_sampling)
+                                  embedding=args.embedding, reference_sampling=args.reference_sampling,
+                                  window_size=args.window_size, context=args.context)
         digest = train_scorer(args.data, args.backbone_weights, args.out, settings, args.backbone, args.cache)
         print(f"wrote {args.out} (sha256 {digest})")
         if args.generic_checkpoint:
@@ -91,6 +92,10 @@ def add_train_scorer_command(sub) -> None:
     p.add_argument("--embedding", choices=("window", "patch"), default="window",
                    help="window (default): each cell embedded alone, resampled to a fixed size; patch: the image's "
                         "DINOv2 features pooled under the cell")
+    p.add_argument("--window-size", type=int, default=56,
+                   help="window embedding: each cell's window resampled to this many pixels (a multiple of 14)")
+    p.add_argument("--context", type=float, default=2.0,
+                   help="window embedding: the window's side over the cell's equivalent diameter (default 2)")
     p.add_argument("--reference-sampling", choices=("type", "cell"), default="type",
                    help="the reference type of a draw: uniformly among the crop's types (default, as benchmark "
                         "queries ask each type) or that of a uniformly drawn cell (as percs train)")

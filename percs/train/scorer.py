@@ -35,7 +35,8 @@ class ScorerTraining:
     """items: training draws whose cells become pairs; epochs, lr, weight_decay, batch_crops: the fit (Adam
     with decoupled weight decay); width, hidden, dropout: the scorer's shape; layers: DINOv2 blocks read;
     reference_sampling: see `collect_pairs`; embedding: how a cell becomes vectors, "window" (each cell alone
-    at one scale, `percs.model.instance.cell_vectors`) or "patch" (the image's features pooled under it)."""
+    at one scale, `percs.model.instance.cell_vectors`) or "patch" (the image's features pooled under it);
+    window_size, context: the window embedding's window in pixels and its side over the cell's diameter."""
 
     items: int = 3000
     epochs: int = 1
@@ -48,6 +49,8 @@ class ScorerTraining:
     layers: tuple[int, ...] = LAYERS
     reference_sampling: str = "type"
     embedding: str = "window"
+    window_size: int = 56
+    context: float = 2.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -61,7 +64,8 @@ class ScorerTraining:
 
 
 @torch.no_grad()
-def crop_pairs(backbone, item, layers=LAYERS, embedding: str = "window") -> dict | None:
+def crop_pairs(backbone, item, layers=LAYERS, embedding: str = "window", size: int = 56,
+               context: float = 2.0) -> dict | None:
     """One training draw's candidates: pooled block vectors (N, L, C) float16, descriptors (N, D), the
     reference's (L, C) and (D,), and targets (N,) bool; None for a crop without cells. embedding: "patch"
     (the crop's features pooled under each cell, `pool_cells`) or "window" (default: each cell alone at one scale,
@@ -70,7 +74,7 @@ def crop_pairs(backbone, item, layers=LAYERS, embedding: str = "window") -> dict
     from percs.model.reference import embed_reference
 
     if embedding == "window":
-        cells, pooled = cell_vectors(backbone, item.image, item.instances, layers)
+        cells, pooled = cell_vectors(backbone, item.image, item.instances, layers, size, context)
     else:
         cells, pooled = pool_cells([f[0] for f in block_features(backbone, item.image[None], layers)],
                                    item.instances)
@@ -79,7 +83,7 @@ def crop_pairs(backbone, item, layers=LAYERS, embedding: str = "window") -> dict
     _, descriptors = cell_descriptors(item.image, item.instances)
     mask = item.reference_mask.to(torch.int64)
     if embedding == "window":
-        reference = cell_vectors(backbone, item.reference_image, mask, layers)[1][0]
+        reference = cell_vectors(backbone, item.reference_image, mask, layers, size, context)[1][0]
     else:
         reference_layers = block_features(backbone, item.reference_image[None], layers)
         reference = torch.stack([embed_reference(f.float(), item.reference_mask[None])[0] for f in reference_layers])
@@ -90,7 +94,8 @@ def crop_pairs(backbone, item, layers=LAYERS, embedding: str = "window") -> dict
 
 
 def collect_pairs(dataset_path, backbone, items: int, seed: int = 0, layers=LAYERS, progress: bool = True,
-                  reference_sampling: str = "type", embedding: str = "window") -> list[dict]:
+                  reference_sampling: str = "type", embedding: str = "window", size: int = 56,
+                  context: float = 2.0) -> list[dict]:
     """`crop_pairs` of `items` TrainDataset draws of the train split (seeded). reference_sampling: how each
     draw's reference type is chosen (`SamplingConfig.reference_sampling`): "type" (default) uniformly among the
     crop's types, as a benchmark asks one query per type present in a mixed image; "cell" as `percs train`
@@ -104,7 +109,7 @@ def collect_pairs(dataset_path, backbone, items: int, seed: int = 0, layers=LAYE
     backbone = backbone.eval()
     pairs = []
     for index in tqdm(range(items), desc="scorer pairs", unit="crop", disable=not progress):
-        pair = crop_pairs(backbone, data[index], layers, embedding)
+        pair = crop_pairs(backbone, data[index], layers, embedding, size, context)
         if pair is not None:
             pairs.append(pair)
     if not pairs:
@@ -224,7 +229,8 @@ def train_scorer(dataset_path, backbone_weights, out, settings: ScorerTraining =
         pairs = torch.load(cache, weights_only=True)
     else:
         pairs = collect_pairs(dataset_path, backbone, settings.items, settings.seed, settings.layers,
-                              reference_sampling=settings.reference_sampling, embedding=settings.embedding)
+                              reference_sampling=settings.reference_sampling, embedding=settings.embedding,
+                              size=settings.window_size, context=settings.context)
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
             torch.save(pairs, cache)
