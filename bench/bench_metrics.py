@@ -25,21 +25,10 @@ from percs import metrics as M  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import real_label_images  # noqa: E402
+from label_noise import perturbed  # noqa: E402
 
 THRESHOLDS = (0.3, 0.5)
 torch.set_num_threads(2)
-
-
-def perturbed(images: list[np.ndarray], seed: int = 0, shift: int = 2, drop: float = 0.05) -> list[np.ndarray]:
-    """Each image shifted right by `shift` px (wrapping), with a fraction `drop` of its labels removed."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for labels in images:
-        moved = np.roll(labels, shift, axis=1)
-        present = np.unique(moved[moved > 0])
-        moved[np.isin(moved, rng.choice(present, size=round(drop * len(present)), replace=False))] = 0
-        out.append(moved)
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ import torch
 import bench_predict as BP
 from common import CARRY_STYLES, CARRY_WEIGHTS, PREDICT_IMAGE, Context, Part, cuda_ready, measure
 from conftest import read_label_image
+from label_noise import perturbed
 from percs import _backend
 from percs import flows as F
 from percs import metrics as M
@@ -47,19 +48,6 @@ def cellprob_of(labels: np.ndarray) -> np.ndarray:
 
 def ap50(true: list[np.ndarray], pred: list[np.ndarray]) -> float:
     return float(M.evaluate(true, pred, 0.5)[0].pooled.ap)
-
-
-def perturbed(images: list[np.ndarray], seed: int = 0, shift: int = 2, drop: float = 0.05) -> list[np.ndarray]:
-    """bench/bench_metrics.py's perturbation (that file needs StarDist to import): each image shifted right by
-    `shift` px (wrapping), a fraction `drop` of its labels removed."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for labels in images:
-        moved = np.roll(labels, shift, axis=1)
-        present = np.unique(moved[moved > 0])
-        moved[np.isin(moved, rng.choice(present, size=round(drop * len(present)), replace=False))] = 0
-        out.append(moved)
-    return out
 
 
 def datasets(ctx: Context) -> dict[str, list[np.ndarray]]:

@@ -169,20 +169,29 @@ class SimilarityFilter:
     def tune(self, dataset, split: str = "val", max_queries: int = 0) -> dict[float, float]:
         """Sets the threshold to the best of THRESHOLD_GRID on the queries of `split` (the first max_queries;
         0: all); returns every grid value's mean AP@0.5."""
-        queries = [q for q in dataset.queries if dataset.record(q.image).split == split]
-        queries = queries[:max_queries] if max_queries else queries
-        if not queries:
-            raise ValueError(f"split {split!r} of dataset {dataset.name!r} has no queries to choose the threshold on")
-        found, truths = [], []
-        for query in queries:
-            record, reference = dataset.record(query.image), dataset.record(query.reference_image)
-            labels = dataset.read_labels(record)
-            truths.append(np.where(np.isin(labels, record.labels_of_type(query.target_type)), labels, 0))
-            reference_mask = dataset.read_labels(reference) == query.reference_label
-            found.append(self.candidates(dataset.read_image(record), dataset.read_image(reference), reference_mask))
-        self.threshold, scores = choose_threshold(found, truths)
-        self.tuning = f" on {split}" + (f", {len(queries)} queries" if max_queries else "")
-        return scores
+        return tune_on_split(self, self.candidates, dataset, split, max_queries)
+
+
+def tune_on_split(method, candidates, dataset, split: str = "val", max_queries: int = 0) -> dict[float, float]:
+    """Sets `method.threshold` to the best of THRESHOLD_GRID (`choose_threshold`) over the queries of `split`
+    (the first max_queries; 0: all), and `method.tuning` to the words saying so in its name; returns every grid
+    value's mean AP@0.5. candidates(image, reference_image, reference_mask) -> Candidates: the method's masks
+    and their scores for one query (the filter's similarity, the instance decision's probability)."""
+    from percs.evaluate.runner import true_labels_of
+
+    queries = [q for q in dataset.queries if dataset.record(q.image).split == split]
+    queries = queries[:max_queries] if max_queries else queries
+    if not queries:
+        raise ValueError(f"split {split!r} of dataset {dataset.name!r} has no queries to choose the threshold on")
+    found, truths = [], []
+    for query in queries:
+        record, reference = dataset.record(query.image), dataset.record(query.reference_image)
+        truths.append(true_labels_of(dataset, query, dataset.read_labels(record)))
+        reference_mask = dataset.read_labels(reference) == query.reference_label
+        found.append(candidates(dataset.read_image(record), dataset.read_image(reference), reference_mask))
+    method.threshold, scores = choose_threshold(found, truths)
+    method.tuning = f" on {split}" + (f", {len(queries)} queries" if max_queries else "")
+    return scores
 
 
 def build_filter(args: argparse.Namespace, dataset=None) -> SimilarityFilter:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from percs.baselines.common import ImageCache
-from percs.baselines.filter import Candidates, choose_threshold, keep_similar
+from percs.baselines.filter import Candidates, keep_similar, tune_on_split
 from percs.evaluate.methods import MethodUnavailable
 from percs.model.instance import LAYERS, InstanceScorer
 from percs.predict import as_input_image
@@ -78,21 +78,8 @@ class InstanceDecision:
 
     def tune(self, dataset, split: str = "val", max_queries: int = 0) -> dict[float, float]:
         """Sets the threshold to the best grid value on `split`'s queries (the first max_queries; 0: all);
-        returns every grid value's mean AP@0.5."""
-        queries = [q for q in dataset.queries if dataset.record(q.image).split == split]
-        queries = queries[:max_queries] if max_queries else queries
-        if not queries:
-            raise ValueError(f"split {split!r} of dataset {dataset.name!r} has no queries to choose the threshold on")
-        found, truths = [], []
-        for query in queries:
-            record, reference = dataset.record(query.image), dataset.record(query.reference_image)
-            labels = dataset.read_labels(record)
-            truths.append(np.where(np.isin(labels, record.labels_of_type(query.target_type)), labels, 0))
-            reference_mask = dataset.read_labels(reference) == query.reference_label
-            found.append(self.probabilities(dataset.read_image(record), dataset.read_image(reference), reference_mask))
-        self.threshold, scores = choose_threshold(found, truths)
-        self.tuning = f" on {split}" + (f", {len(queries)} queries" if max_queries else "")
-        return scores
+        returns every grid value's mean AP@0.5 (`percs.baselines.filter.tune_on_split`)."""
+        return tune_on_split(self, self.probabilities, dataset, split, max_queries)
 
 
 def build_instance(args: argparse.Namespace, dataset=None) -> InstanceDecision:
