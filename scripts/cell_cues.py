@@ -22,41 +22,36 @@ import torch
 
 from percs.data.format import load_dataset
 from percs.model.backbone_weights import load_backbone
-from percs.model.instance import LAYERS, cell_descriptors, cell_vectors, image_block_features, pad_to_grid, \
-    pool_cells, reference_vectors
+from percs.model.instance import LAYERS, InstanceScorer
 from percs.predict import as_input_image
 
 
 @torch.no_grad()
 def split_queries(dataset, split: str, backbone, layers, every: int = 1, embedding: str = "patch", size: int = 56,
                   context: float = 2.0) -> list[dict]:
-    """Per query: every true cell's pooled vectors and descriptors, the reference's, and the target flags."""
+    """Per query: every true cell's pooled vectors and descriptors, the reference's, and the target flags, each
+    embedded as the instance-level decision embeds them (`InstanceScorer.cells` / `reference`)."""
     from tqdm import tqdm
 
-    queries = [q for q in dataset.queries if dataset.record(q.image).split == split][::every]
+    from percs.evaluate.runner import split_queries as queries_of
+
+    embedder = InstanceScorer(backbone, None, layers, embedding, window_size=size, context=context)
     per_image, out = {}, []
-    for q in tqdm(queries, desc=split, unit="query"):
+    for q in tqdm(queries_of(dataset, split)[::every], desc=split, unit="query"):
         if q.image not in per_image:
             record = dataset.record(q.image)
             labels = torch.from_numpy(dataset.read_labels(record).astype(np.int64))
             image = as_input_image(dataset.read_image(record), torch.device("cpu"))
-            if embedding == "window":
-                cells, pooled = cell_vectors(backbone, image, labels, layers, size, context)
-            else:
-                features = image_block_features(backbone, image, layers)
-                cells, pooled = pool_cells(features, pad_to_grid(labels, features[0].shape[1:]))
-            _, descriptors = cell_descriptors(image, labels)
+            cells, vectors, descriptors = embedder.cells(image, labels)
             types = np.array([record.type_of(int(c)) for c in cells])
-            per_image[q.image] = (pooled, descriptors, types)
-        pooled, descriptors, types = per_image[q.image]
+            per_image[q.image] = (vectors, descriptors, types)
+        vectors, descriptors, types = per_image[q.image]
         ref_record = dataset.record(q.reference_image)
         ref_image = as_input_image(dataset.read_image(ref_record), torch.device("cpu"))
         ref_mask = torch.from_numpy(dataset.read_labels(ref_record) == q.reference_label)
-        ref_pooled, ref_descriptors = reference_vectors(backbone, ref_image, ref_mask, layers)
-        if embedding == "window":
-            ref_pooled = cell_vectors(backbone, ref_image, ref_mask.long(), layers, size, context)[1][0]
-        out.append(dict(cells=pooled, descriptors=descriptors, target=torch.from_numpy(types == q.target_type),
-                        reference=ref_pooled, reference_descriptors=ref_descriptors, origin=q.origin,
+        ref_vectors, ref_descriptors = embedder.reference(ref_image, ref_mask)
+        out.append(dict(cells=vectors, descriptors=descriptors, target=torch.from_numpy(types == q.target_type),
+                        reference=ref_vectors, reference_descriptors=ref_descriptors, origin=q.origin,
                         target_type=q.target_type))
     return out
 

@@ -244,12 +244,14 @@ class InstanceScorer:
     """The instance-level decision on a backbone: a reference cell's vectors, every found cell's vectors, and
     each cell's same-type probability from a CellScorer (see the module docstring).
 
-    backbone: the frozen DINOv2 the scorer was trained on; layers, embedding ("window": each cell alone at one
+    backbone: the frozen DINOv2 the scorer was trained on; scorer: None for an embedder only (`reference` and
+    `cells`, as the scorer's training pairs are embedded); layers, embedding ("window": each cell alone at one
     scale, `cell_vectors`; "patch": the image's sliding-window features pooled under it); threshold: the
-    probability from which a cell is kept; window, stride, batch_size: the "patch" embedding's sliding windows.
+    probability from which a cell is kept; window, stride, batch_size: the "patch" embedding's sliding windows;
+    window_size, context: the "window" embedding's windows (`cell_windows`).
     """
 
-    def __init__(self, backbone, scorer: CellScorer, layers=LAYERS, embedding: str = "window",
+    def __init__(self, backbone, scorer: CellScorer | None, layers=LAYERS, embedding: str = "window",
                  threshold: float = 0.5, window: int = 224, stride: int = 168, batch_size: int = 8,
                  window_size: int = 56, context: float = 2.0):
         if embedding not in ("window", "patch"):

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from percs.model.instance import DESCRIPTORS, LAYERS, CellScorer, block_features, cell_descriptors, pool_cells
+from percs.model.instance import DESCRIPTORS, LAYERS, CellScorer, InstanceScorer
 
 SCORER_KIND = "percs-cell-scorer"
 EMBEDDINGS = ("window", "patch")
@@ -64,33 +64,17 @@ class ScorerTraining:
 
 
 @torch.no_grad()
-def crop_pairs(backbone, item, layers=LAYERS, embedding: str = "window", size: int = 56,
-               context: float = 2.0) -> dict | None:
-    """One training draw's candidates: pooled block vectors (N, L, C) float16, descriptors (N, D), the
-    reference's (L, C) and (D,), and targets (N,) bool; None for a crop without cells. embedding: "patch"
-    (the crop's features pooled under each cell, `pool_cells`) or "window" (default: each cell alone at one scale,
-    `cell_vectors`)."""
-    from percs.model.instance import cell_vectors
-    from percs.model.reference import embed_reference
-
-    if embedding == "window":
-        cells, pooled = cell_vectors(backbone, item.image, item.instances, layers, size, context)
-    else:
-        cells, pooled = pool_cells([f[0] for f in block_features(backbone, item.image[None], layers)],
-                                   item.instances)
+def crop_pairs(embedder: InstanceScorer, item) -> dict | None:
+    """One training draw's candidates, embedded as `embedder` (an InstanceScorer, its scorer unused) embeds
+    them at inference: pooled block vectors (N, L, C) float16, descriptors (N, D), the reference's (L, C) and
+    (D,), and targets (N,) bool; None for a crop without cells."""
+    cells, vectors, descriptors = embedder.cells(item.image, item.instances)
     if len(cells) == 0:
         return None
-    _, descriptors = cell_descriptors(item.image, item.instances)
-    mask = item.reference_mask.to(torch.int64)
-    if embedding == "window":
-        reference = cell_vectors(backbone, item.reference_image, mask, layers, size, context)[1][0]
-    else:
-        reference_layers = block_features(backbone, item.reference_image[None], layers)
-        reference = torch.stack([embed_reference(f.float(), item.reference_mask[None])[0] for f in reference_layers])
-    _, reference_descriptors = cell_descriptors(item.reference_image, mask)
+    reference, reference_descriptors = embedder.reference(item.reference_image, item.reference_mask.bool())
     types = item.instance_types[cells - 1]
-    return dict(cells=pooled.half(), descriptors=descriptors, reference=reference.half(),
-                reference_descriptors=reference_descriptors[0], target=types == item.reference_type)
+    return dict(cells=vectors.half(), descriptors=descriptors, reference=reference.half(),
+                reference_descriptors=reference_descriptors, target=types == item.reference_type)
 
 
 def collect_pairs(dataset_path, backbone, items: int, seed: int = 0, layers=LAYERS, progress: bool = True,
@@ -106,10 +90,10 @@ def collect_pairs(dataset_path, backbone, items: int, seed: int = 0, layers=LAYE
 
     data = TrainDataset(dataset_path, "train", SamplingConfig(reference_sampling=reference_sampling), seed=seed,
                         length=items)
-    backbone = backbone.eval()
+    embedder = InstanceScorer(backbone.eval(), None, layers, embedding, window_size=size, context=context)
     pairs = []
     for index in tqdm(range(items), desc="scorer pairs", unit="crop", disable=not progress):
-        pair = crop_pairs(backbone, data[index], layers, embedding, size, context)
+        pair = crop_pairs(embedder, data[index])
         if pair is not None:
             pairs.append(pair)
     if not pairs:
