@@ -288,3 +288,33 @@ class InstanceScorer:
         if len(vectors) == 0:
             return vectors.new_zeros(0)
         return torch.sigmoid(self.scorer(vectors, reference[0], descriptors, reference[1]))
+
+    @torch.no_grad()
+    def logits(self, vectors: torch.Tensor, descriptors: torch.Tensor, references: list) -> torch.Tensor:
+        """(N, K) same-type logits of the cells against each of K references [(vectors, descriptors)]."""
+        if not references:
+            raise ValueError("references is empty: give at least one reference cell")
+        if len(vectors) == 0:
+            return vectors.new_zeros(0, len(references))
+        return torch.stack([self.scorer(vectors, r[0], descriptors, r[1]) for r in references], 1)
+
+    @torch.no_grad()
+    def decide(self, vectors: torch.Tensor, descriptors: torch.Tensor, positives: list, negatives: list = ()
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(probability (N,), keep (N,) bool) of the cells against K >= 1 positive and M >= 0 negative
+        references [(vectors, descriptors)], a nearest-reference rule on the learned metric:
+
+        - probability = sigmoid of the best (largest) logit over the positives: a cell needs to resemble one
+          of them, not their average (a type's cells vary, and the positives span that variation);
+        - keep = probability >= threshold, and, with negatives, the cell's best positive logit at least its
+          best negative one: a cell more like a cell the user rejected than like every positive is dropped
+          (its probability set to 0).
+
+        One positive and no negative is exactly `probabilities` (the single-reference decision)."""
+        positive = self.logits(vectors, descriptors, positives).max(1).values
+        probability = torch.sigmoid(positive)
+        keep = probability >= self.threshold
+        if negatives:
+            rejected = self.logits(vectors, descriptors, negatives).max(1).values > positive
+            probability, keep = probability.masked_fill(rejected, 0.0), keep & ~rejected
+        return probability, keep

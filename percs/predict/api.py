@@ -4,6 +4,8 @@
     segmenter = Segmenter.from_checkpoint("runs/mini/best.pt")   # checksum verified, weights restored, once
     reference = segmenter.reference(image, labels=truth, label=12)  # or segmenter.reference(image, cell_mask)
     result = segmenter.segment(other_image, reference)           # SegmentationResult of NumPy arrays
+    result = segmenter.segment(image, references=[a, b], negatives=[c])   # instance-level models
+    result = segmenter.refine(result, add=[(y, x)], remove=[(y2, x2)])   # re-scored, no backbone pass
     for result in segmenter.segment_many(images, reference): ...
     segmenter.segment_large("slide.ome.zarr", reference, "slide_labels.zarr")  # block by block, on dask
 
@@ -13,7 +15,7 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping
 
@@ -128,12 +130,15 @@ class SegmentationResult:
     probability: (H, W) float32 same-type probability (sigmoid of the model's logit).
     cell_probability: (N,) float32, entry l - 1 the mean of `probability` over the pixels of label l.
     flows: (2, H, W) float32 dy, dx in FLOW_SCALE x unit-flow units, for every cell whatever its type.
+    candidates: for a model with an instance-level decision, every found cell embedded and the references
+    used (`percs.predict.references.CellCandidates`), what `Segmenter.refine` re-scores; None otherwise.
     """
 
     labels: np.ndarray
     probability: np.ndarray
     cell_probability: np.ndarray
     flows: np.ndarray
+    candidates: object = field(default=None, repr=False, compare=False)
 
 
 def image_shape(image, name: str = "image") -> tuple[int, int]:
@@ -266,16 +271,28 @@ class Segmenter:
             return Reference(None, mask)
         return Reference(self.predictor.embed_reference(reference_image, mask), mask)
 
-    def segment(self, image, reference: Reference | None) -> SegmentationResult:
+    def segment(self, image, reference: Reference | None = None, *, references=None, negatives=None
+                ) -> SegmentationResult:
         """Cells of the reference's type in image ((H, W) / (H, W, C) array, or normalised (3, H, W) tensor).
-        reference: from `reference`; may be None for a generic model."""
-        if reference is not None and not isinstance(reference, Reference):
-            raise TypeError(f"reference must be a Reference from Segmenter.reference, got {type(reference).__name__}")
-        if reference is None and not self.generic:
+        reference: from `reference`; may be None for a generic model. references, negatives: instead of
+        reference, K >= 1 positive and M >= 0 negative References (cells of other types), for a model with an
+        instance-level decision (`percs.model.instance.InstanceScorer.decide`)."""
+        positives = self._positives(reference, references)
+        negatives = self._checked_references(negatives, "negatives", allow_empty=True)
+        if positives is None and not self.generic:
             raise ValueError("reference is None, but the model is not generic: make one with segmenter.reference")
         image_shape(image, "image")
         if self.instance is not None:
-            return self._segment_instances(image, reference)
+            from percs.predict.references import decide, find_candidates
+
+            self._check_vectors(positives + negatives)
+            candidates = find_candidates(self.predictor, self.instance, image)
+            return decide(self.instance, candidates, [r.vectors for r in positives], [r.vectors for r in negatives],
+                          self.min_cell_probability)
+        if len(positives or ()) > 1 or negatives:
+            raise ValueError("several references or negatives need a model with an instance-level decision "
+                             "(`percs train-scorer --model-out`); this model decides pixel by pixel from one reference")
+        reference = positives[0] if positives else None
         prediction = self.predictor.predict(image, None if reference is None else reference.embedding)
         result = SegmentationResult(
             labels=prediction.labels.cpu().numpy().astype(np.int32, copy=False),
@@ -287,35 +304,54 @@ class Segmenter:
             return result
         return drop_unlikely_cells(result, self.min_cell_probability)
 
-    def _segment_instances(self, image, reference: Reference) -> SegmentationResult:
-        """The instance-level decision: every cell of the generic prediction, kept when its probability against
-        the reference is >= the scorer's threshold (and >= min_cell_probability); `probability` paints each found
-        cell with its probability (0 on background)."""
-        if reference.vectors is None:
-            raise ValueError("reference was made by a model without an instance scorer: make it with this segmenter")
-        prediction = self.predictor.predict(image)
-        tensor = as_input_image(image, self.predictor.device)
-        cells, vectors, descriptors = self.instance.cells(tensor, prediction.labels)
-        probability = self.instance.probabilities(vectors, descriptors, reference.vectors)
-        lookup = torch.zeros(int(prediction.labels.max()) + 1, device=probability.device)
-        lookup[cells] = probability
-        painted = lookup[prediction.labels.long()]
-        threshold = max(self.instance.threshold, self.min_cell_probability or -1.0)
-        keep = torch.zeros_like(lookup, dtype=torch.bool)
-        keep[cells] = probability >= threshold
-        labels = renumber(torch.where(keep[prediction.labels.long()], prediction.labels, 0).cpu().numpy()
-                          .astype(np.int32))
-        return SegmentationResult(
-            labels=labels.astype(np.int32, copy=False),
-            probability=painted.cpu().numpy().astype(np.float32, copy=False),
-            cell_probability=probability[probability >= threshold].cpu().numpy().astype(np.float32, copy=False),
-            flows=prediction.flows.cpu().numpy().astype(np.float32, copy=False),
-        )
+    def refine(self, result: SegmentationResult, add=(), remove=()) -> SegmentationResult:
+        """The result decided again with more positive (`add`) and negative (`remove`) references, from the
+        cells and vectors kept with it: no model or backbone pass over the image. Each item is a Reference, a
+        (y, x) pixel of the result's image (the found cell under it) or an (H, W) bool mask of a cell in it
+        (`percs.predict.references.clicked_reference`). Needs a model with an instance-level decision."""
+        from percs.predict.references import clicked_reference, decide
 
-    def segment_many(self, images: Iterable, reference: Reference | None) -> Iterator[SegmentationResult]:
+        if not isinstance(result, SegmentationResult):
+            raise TypeError(f"result must be a SegmentationResult, got {type(result).__name__}")
+        candidates = result.candidates
+        if candidates is None or self.instance is None:
+            raise ValueError("refine needs a result of a model with an instance-level decision (its found cells "
+                             "are kept with the result); this result or model has none")
+        added = [clicked_reference(self.instance, candidates, item, "add") for item in add]
+        removed = [clicked_reference(self.instance, candidates, item, "remove") for item in remove]
+        return decide(self.instance, candidates, list(candidates.positives) + added,
+                      list(candidates.negatives) + removed, self.min_cell_probability)
+
+    def _positives(self, reference, references) -> list[Reference] | None:
+        if reference is not None and references is not None:
+            raise ValueError("give reference or references, not both")
+        if references is not None:
+            return self._checked_references(references, "references", allow_empty=False)
+        if reference is not None and not isinstance(reference, Reference):
+            raise TypeError(f"reference must be a Reference from Segmenter.reference, got {type(reference).__name__}")
+        return None if reference is None else [reference]
+
+    @staticmethod
+    def _checked_references(references, name: str, allow_empty: bool) -> list[Reference]:
+        references = list(references or ())
+        if not references and not allow_empty:
+            raise ValueError(f"{name} is empty: give at least one Reference")
+        for i, reference in enumerate(references):
+            if not isinstance(reference, Reference):
+                raise TypeError(f"{name}[{i}] must be a Reference from Segmenter.reference, "
+                                f"got {type(reference).__name__}")
+        return references
+
+    @staticmethod
+    def _check_vectors(references: list[Reference]) -> None:
+        if any(r.vectors is None for r in references):
+            raise ValueError("reference was made by a model without an instance scorer: make it with this segmenter")
+
+    def segment_many(self, images: Iterable, reference: Reference | None = None, *, references=None,
+                     negatives=None) -> Iterator[SegmentationResult]:
         """`segment` for each image in turn, lazily (images may be a generator reading files)."""
         for image in images:
-            yield self.segment(image, reference)
+            yield self.segment(image, reference, references=references, negatives=negatives)
 
     def segment_large(self, image, reference, labels_path: str | Path, config=None):
         """An image far larger than memory, segmented block by block on dask into the Zarr array labels_path

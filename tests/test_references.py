@@ -1,0 +1,157 @@
+"""Several references, positive and negative: the decision rule against a NumPy oracle, `Segmenter.segment`
+with references/negatives, and `Segmenter.refine` from clicks without a backbone pass."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from baseline_helpers import generic_checkpoint, red_and_green_disks
+from percs.model.instance import CellScorer, InstanceScorer
+from percs.train.scorer import ScorerTraining, attach_scorer, backbone_fingerprint, save_scorer
+from train_helpers import make_benchmark
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class DistanceScorer(nn.Module):
+    """A metric as a scorer: logit = 1 - squared distance of the vectors (largest for a cell and itself)."""
+
+    def forward(self, cells, references, cell_descriptors, reference_descriptors, groups=None):
+        return 1.0 - ((cells - references.expand_as(cells)) ** 2).sum((1, 2))
+
+
+def _logit_oracle(vectors: np.ndarray, references: list[np.ndarray]) -> np.ndarray:
+    return np.stack([1.0 - ((vectors - r[None]) ** 2).sum((1, 2)) for r in references], 1)
+
+
+def test_decide_keeps_the_best_positive_match_unless_a_negative_matches_better():
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(30, 2, 4)).astype(np.float32)
+    descriptors = torch.zeros(30, 3)
+    references = [rng.normal(size=(2, 4)).astype(np.float32) for _ in range(5)]
+    as_ref = [(torch.from_numpy(r), torch.zeros(3)) for r in references]
+    instance = InstanceScorer(None, DistanceScorer(), threshold=0.2)
+    cells = torch.from_numpy(vectors)
+    for positives, negatives in (([0], []), ([0, 1, 2], []), ([0], [3]), ([0, 1], [3, 4]), ([2], [0, 1, 3, 4])):
+        probability, keep = instance.decide(cells, descriptors, [as_ref[i] for i in positives],
+                                            [as_ref[i] for i in negatives])
+        best = _logit_oracle(vectors, [references[i] for i in positives]).max(1)
+        expected = 1 / (1 + np.exp(-best))
+        expected_keep = expected >= 0.2
+        if negatives:
+            rejected = _logit_oracle(vectors, [references[i] for i in negatives]).max(1) > best
+            expected, expected_keep = np.where(rejected, 0.0, expected), expected_keep & ~rejected
+        np.testing.assert_allclose(probability.numpy(), expected, rtol=1e-5)
+        np.testing.assert_array_equal(keep.numpy(), expected_keep)
+    one, _ = instance.decide(cells, descriptors, as_ref[:1])
+    assert torch.equal(one, instance.probabilities(cells, descriptors, as_ref[0]))   # K=1, M=0: bit for bit
+    with pytest.raises(ValueError, match="references is empty"):
+        instance.decide(cells, descriptors, [])
+    empty, kept = instance.decide(cells[:0], descriptors[:0], as_ref[:2], as_ref[2:3])
+    assert empty.shape == kept.shape == (0,)
+
+
+@pytest.fixture(scope="module")
+def segmenters(tmp_path_factory):
+    """(instance-level Segmenter with threshold -1, the plain generic Segmenter) on a tiny generic model."""
+    from percs.api import Segmenter, load_model
+
+    tmp_path = tmp_path_factory.mktemp("references")
+    bench = make_benchmark(tmp_path)
+    generic = generic_checkpoint(bench, tmp_path / "generic.pt", generic=True)
+    backbone = load_model(generic, "cpu")[0].backbone
+    torch.manual_seed(0)
+    save_scorer(tmp_path / "scorer.pt", CellScorer(1, 32).eval(), ScorerTraining(layers=(1,), epochs=1), "vits14",
+                {"dataset": "tiny"}, 0.0, backbone_fingerprint(backbone))
+    attach_scorer(generic, tmp_path / "scorer.pt", -1.0, tmp_path / "model.pt")
+    return Segmenter.from_checkpoint(tmp_path / "model.pt", "cpu"), Segmenter.from_checkpoint(generic, "cpu")
+
+
+def _disk_images():
+    image, red, green = red_and_green_disks()
+    return image, red, green
+
+
+def _found_every_disk(monkeypatch, segmenter, red, green) -> None:
+    """The generic model's prediction replaced by every disk (the tiny untrained model finds none)."""
+    from percs.predict.predictor import Prediction
+
+    labels = torch.from_numpy(np.where(green > 0, green + 4, red).astype(np.int32))
+    found = Prediction(labels, torch.zeros(2, *labels.shape), torch.zeros(labels.shape), torch.zeros(8))
+    monkeypatch.setattr(segmenter.predictor, "predict", lambda image, embedding=None: found)
+
+
+def test_one_reference_as_a_list_is_the_single_reference_result(segmenters):
+    segmenter, _ = segmenters
+    image, red, _ = _disk_images()
+    reference = segmenter.reference(image, labels=red, label=1)
+    single = segmenter.segment(image, reference)
+    listed = segmenter.segment(image, references=[reference], negatives=[])
+    np.testing.assert_array_equal(listed.labels, single.labels)
+    np.testing.assert_array_equal(listed.probability, single.probability)
+    np.testing.assert_array_equal(listed.cell_probability, single.cell_probability)
+    again = segmenter.refine(single)
+    np.testing.assert_array_equal(again.labels, single.labels)
+
+
+def test_refine_rescores_the_found_cells_from_clicks_without_a_backbone_pass(segmenters, monkeypatch):
+    segmenter, _ = segmenters
+    image, red, green = _disk_images()
+    monkeypatch.setattr(segmenter.instance, "scorer", DistanceScorer())
+    _found_every_disk(monkeypatch, segmenter, red, green)
+    segmenter.instance.threshold = 0.0
+    try:
+        reference = segmenter.reference(image, labels=red, label=1)
+        result = segmenter.segment(image, reference)
+        found = result.candidates.labels.numpy()
+        assert result.labels.max() == len(result.candidates.cells) == 8       # threshold 0 keeps every cell
+        target = int(result.candidates.cells[-1])
+        point = tuple(int(v) for v in np.argwhere(found == target)[0])
+
+        def no_backbone(*args, **kwargs):
+            raise AssertionError("refine ran the backbone")
+
+        monkeypatch.setattr(segmenter.instance.backbone, "forward", no_backbone)
+        monkeypatch.setattr(segmenter.predictor, "predict", no_backbone)
+        removed = segmenter.refine(result, remove=[point])
+        # the clicked green disk matches itself (and the other green disks, alike) better than the red reference
+        np.testing.assert_array_equal(removed.labels > 0, red > 0)
+        assert removed.probability[green > 0].max() == 0 and removed.probability[red > 0].min() > 0
+        by_mask = segmenter.refine(result, remove=[found == target])        # the cell's mask: the same cell
+        np.testing.assert_array_equal(by_mask.labels, removed.labels)
+        twice = segmenter.refine(segmenter.refine(result, add=[point]), remove=[point])
+        assert len(twice.candidates.positives) == 2 and len(twice.candidates.negatives) == 1
+        # a tie (the cell is a positive and a negative) keeps it: a negative must match strictly better
+        np.testing.assert_array_equal(twice.labels > 0, found > 0)
+        with pytest.raises(ValueError, match="on background"):
+            segmenter.refine(result, add=[(0, 0)])
+        with pytest.raises(ValueError, match="outside the image"):
+            segmenter.refine(result, remove=[(10_000, 3)])
+        with pytest.raises(ValueError, match="bool mask"):
+            segmenter.refine(result, add=[np.zeros((3, 3), bool)])
+        with pytest.raises(ValueError, match="mask is empty"):
+            segmenter.refine(result, add=[np.zeros(found.shape, bool)])
+    finally:
+        segmenter.instance.threshold = -1.0
+
+
+def test_segment_with_several_references_and_negatives_checks_its_arguments(segmenters):
+    segmenter, plain = segmenters
+    image, red, green = _disk_images()
+    reference = segmenter.reference(image, labels=red, label=1)
+    other = segmenter.reference(image, labels=green, label=int(green.max()))
+    result = segmenter.segment(image, references=[reference, other], negatives=[other])
+    assert result.labels.shape == image.shape[:2] and len(result.candidates.negatives) == 1
+    with pytest.raises(ValueError, match="not both"):
+        segmenter.segment(image, reference, references=[reference])
+    with pytest.raises(ValueError, match="references is empty"):
+        segmenter.segment(image, references=[])
+    with pytest.raises(TypeError, match=r"negatives\[0\] must be a Reference"):
+        segmenter.segment(image, reference, negatives=[red == 1])
+    with pytest.raises(ValueError, match="without an instance scorer"):
+        segmenter.segment(image, references=[reference, plain.reference(image, labels=red, label=1)])
+    with pytest.raises(ValueError, match="refine needs"):
+        plain.refine(plain.segment(image, None), add=[(1, 1)])
