@@ -14,6 +14,7 @@ class _Failure(Exception):
 def cmd_eval(args: argparse.Namespace) -> int:
     from percs.evaluate.methods import MethodUnavailable
     from percs.evaluate.runner import EvalConfig, EvalError, run_eval
+    from percs.evaluate.shots import ShotsConfig
     from percs.evaluate.summary import BootstrapConfig
     from percs.evaluate.table import ordinal
     from percs.train.checkpoint import CheckpointError
@@ -21,11 +22,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     try:  # every input (options, checkpoint file, dataset, split, out) is checked before a model is loaded
         entry, dataset = _method_and_dataset(args)
         bootstrap = BootstrapConfig(resamples=args.bootstrap, seed=args.bootstrap_seed)
+        shots = ShotsConfig(args.shots, args.negatives, args.shots_seed)
         config = EvalConfig(args.split, args.control, args.control_seed, bootstrap, args.worst, args.progress,
-                            args.every)
+                            args.every, shots)
         _check_split_and_out(dataset, args)
         method = entry.factory(args, dataset)
-    except (_Failure, ValueError, OSError, MethodUnavailable, CheckpointError) as error:
+    except (_Failure, ValueError, OSError, MethodUnavailable, CheckpointError, EvalError) as error:
         print("percs eval: error: " + " ".join(str(error).splitlines()), file=sys.stderr)
         return 2
     try:
@@ -38,6 +40,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     skipped = f" ({control['skipped_queries']} without a wrong reference left out)" if control else ""
     subset = metrics["query_subset"]
     subset = f" (every {ordinal(subset['every'])} of {subset['split_queries']})" if subset else ""
+    subset += f" with {shots.label()}" if shots.active else ""
     print(f"{metrics['method']} on {metrics['dataset']['name']} {metrics['split']}: {metrics['n_queries']} queries"
           f"{subset}{skipped}, AP@0.5 {at50['value']:.3f} [{at50['ci'][0]:.3f}, {at50['ci'][1]:.3f}]; wrote {args.out}")
     return 0
@@ -113,6 +116,13 @@ def _add_eval(sub) -> None:
     p.add_argument("--every", type=int, default=1, metavar="K",
                    help="run every K-th query of the split (default 1: all); for methods too slow for a whole "
                         "split, marked in metrics.json and the table's row")
+    p.add_argument("--shots", type=int, default=1, metavar="K",
+                   help="positive references per query, the fixed one included (default 1); the K - 1 more are "
+                        "random cells of the target type from other images of the split (seeded, in metrics.json)")
+    p.add_argument("--negatives", type=int, default=0, metavar="M",
+                   help="negative references per query (default 0): random cells of other types in the query "
+                        "image, the cells a user would click as wrongly taken")
+    p.add_argument("--shots-seed", type=int, default=0, help="seed of the --shots / --negatives draws (default 0)")
     p.add_argument("--worst", type=int, default=8, metavar="N", help="overlays of the N worst queries (default 8)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.add_argument("--no-verify", dest="verify", action="store_false", help="skip the dataset's sha256 checks")

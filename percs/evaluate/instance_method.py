@@ -65,16 +65,27 @@ class InstanceDecision:
         labels, cells, vectors, descriptors = self.cells(image)
         if len(cells) == 0:
             return Candidates(labels, cells, np.zeros(0, np.float32))
-        reference = as_input_image(reference_image, self.device)
-        mask = torch.as_tensor(np.asarray(reference_mask) != 0, device=self.device)
-        if tuple(mask.shape) != tuple(reference.shape[1:]):
-            raise ValueError(f"reference_mask has shape {tuple(mask.shape)}, expected {tuple(reference.shape[1:])}")
-        probability = self.instance.probabilities(vectors, descriptors, self.instance.reference(reference, mask))
+        probability = self.instance.probabilities(vectors, descriptors, self._reference(reference_image, reference_mask))
         return Candidates(labels, cells, probability.cpu().numpy())
 
     def segment(self, image: np.ndarray, reference_image: np.ndarray, reference_mask: np.ndarray) -> np.ndarray:
         found = self.probabilities(image, reference_image, reference_mask)
         return keep_similar(found.labels, found.cells, found.similarity, self.threshold)
+
+    def segment_references(self, image: np.ndarray, positives: list, negatives: list) -> np.ndarray:
+        """(H, W) int32: the generic masks kept by `InstanceScorer.decide` against the positive and negative
+        references [(image, mask)]."""
+        labels, cells, vectors, descriptors = self.cells(image)
+        made = [[self._reference(i, m) for i, m in group] for group in (positives, negatives)]
+        _, keep = self.instance.decide(vectors, descriptors, made[0], made[1])
+        return keep_similar(labels, cells, keep.cpu().numpy().astype(np.float32), 0.5)
+
+    def _reference(self, reference_image, reference_mask):
+        reference = as_input_image(reference_image, self.device)
+        mask = torch.as_tensor(np.asarray(reference_mask) != 0, device=self.device)
+        if tuple(mask.shape) != tuple(reference.shape[1:]):
+            raise ValueError(f"reference_mask has shape {tuple(mask.shape)}, expected {tuple(reference.shape[1:])}")
+        return self.instance.reference(reference, mask)
 
     def tune(self, dataset, split: str = "val", max_queries: int = 0) -> dict[float, float]:
         """Sets the threshold to the best grid value on `split`'s queries (the first max_queries; 0: all);

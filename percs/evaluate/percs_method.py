@@ -36,15 +36,35 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
 
 class PercsMethod:
     """A loaded PerCS-DINO model answering queries (see percs.evaluate.methods.Method) through
-    `percs.api.Segmenter`."""
+    `percs.api.Segmenter`. For a model with an instance-level decision, the found and embedded cells of the
+    last `cache_size` query images are kept (`percs.predict.references.find_candidates`): the queries of one
+    image, and runs over several reference sets, find them once."""
 
-    def __init__(self, segmenter, name: str, settings: dict):
+    def __init__(self, segmenter, name: str, settings: dict, cache_size: int = 4):
+        from percs.baselines.common import ImageCache
+
         self.segmenter, self.name, self.settings = segmenter, name, settings
+        self.candidates = ImageCache(self._candidates, cache_size)
+
+    def _candidates(self, image: np.ndarray):
+        from percs.predict.references import find_candidates
+
+        return find_candidates(self.segmenter.predictor, self.segmenter.instance, image)
 
     def segment(self, image: np.ndarray, reference_image: np.ndarray, reference_mask: np.ndarray) -> np.ndarray:
         """(H, W) int32 instances of the reference's type in image (raw arrays as the dataset stores them)."""
-        reference = self.segmenter.reference(reference_image, reference_mask)
-        return self.segmenter.segment(image, reference).labels
+        return self.segment_references(image, [(reference_image, reference_mask)], [])
+
+    def segment_references(self, image: np.ndarray, positives: list, negatives: list) -> np.ndarray:
+        """(H, W) int32 cells like the positive references [(image, mask)] and unlike the negative ones
+        (`Segmenter.segment` with references and negatives)."""
+        made = [[self.segmenter.reference(i, m) for i, m in group] for group in (positives, negatives)]
+        if self.segmenter.instance is None:
+            return self.segmenter.segment(image, references=made[0], negatives=made[1]).labels
+        from percs.predict.references import decide
+
+        return decide(self.segmenter.instance, self.candidates(image), [r.vectors for r in made[0]],
+                      [r.vectors for r in made[1]], self.segmenter.min_cell_probability).labels
 
 
 def method_name(model_config, generic: bool) -> str:

@@ -7,6 +7,7 @@ Layout (figures as in `percs.evaluate.summary.summary_json`; thresholds as strin
      "dataset": {"name", "path", "manifest_sha256"}, "split": "test",
      "control": null | {"name": "wrong-reference", "seed", "skipped_queries"},
      "query_subset": null | {"every": k, "split_queries": N} (every k-th of the split's N queries ran),
+     "shots": null | {"shots": K, "negatives": M, "seed"} (extra references, percs.evaluate.shots),
      "iou_rule": "gt", "thresholds": [0.3, 0.5],
      "bootstrap": {"unit": "image", "resamples", "level", "seed"},
      "n_queries", "n_images", "seconds",
@@ -14,7 +15,8 @@ Layout (figures as in `percs.evaluate.summary.summary_json`; thresholds as strin
                                                           "pooled": {"ap", "precision", "recall", "tp", "fp", "fn"}}}},
      "by_type": {type: same as overall}, "by_origin": {"native" | "pasted": same as overall},
      "queries": [{"image", "target_type", "origin", "reference_image", "reference_label", "prediction",
-                  "n_true", "n_pred", "iou": {"0.3": {"tp", "fp", "fn", "ap", "precision", "recall"}}}]}
+                  "n_true", "n_pred", "iou": {"0.3": {"tp", "fp", "fn", "ap", "precision", "recall"}},
+                  with shots: "extra_positives", "extra_negatives": [[image, label], ...]}]}
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ def build_metrics(method, method_key: str, dataset: Dataset, config, records, sk
                     "manifest_sha256": sha256(Path(dataset.root) / MANIFEST)},
         "split": config.split, "control": control,
         "query_subset": {"every": config.every, "split_queries": split_queries} if config.every > 1 else None,
+        "shots": dataclasses.asdict(config.shots) if config.shots.active else None,
         "iou_rule": IOU_RULE, "thresholds": list(THRESHOLDS),
         "bootstrap": {"unit": "image", **dataclasses.asdict(bootstrap)},
         "n_queries": overall["n_queries"], "n_images": overall["n_images"], "seconds": round(seconds, 3),
@@ -64,9 +67,13 @@ def query_json(record, thresholds) -> dict:
     """One query's entry of metrics.json."""
     q, c = record.query, record.counts
     iou = {f"{t:g}": {"tp": c.tp[k], "fp": c.fp[k], "fn": c.fn[k], **c.scores(k)} for k, t in enumerate(thresholds)}
-    return {"image": q.image, "target_type": q.target_type, "origin": q.origin,
-            "reference_image": record.reference.image, "reference_label": record.reference.label,
-            "prediction": record.prediction, "n_true": record.n_true, "n_pred": record.n_pred, "iou": iou}
+    entry = {"image": q.image, "target_type": q.target_type, "origin": q.origin,
+             "reference_image": record.reference.image, "reference_label": record.reference.label,
+             "prediction": record.prediction, "n_true": record.n_true, "n_pred": record.n_pred, "iou": iou}
+    if record.extra is not None:
+        entry["extra_positives"] = [[r.image, r.label] for r in record.extra.positives]
+        entry["extra_negatives"] = [[r.image, r.label] for r in record.extra.negatives]
+    return entry
 
 
 def write_outputs(out: Path, metrics: dict, dataset: Dataset, records, images, worst: int) -> None:

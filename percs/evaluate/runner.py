@@ -24,6 +24,7 @@ from percs.data.io import write_tiff
 from percs.evaluate.controls import CONTROLS, Reference, wrong_references
 from percs.evaluate.methods import Method
 from percs.evaluate.report import build_metrics, write_outputs
+from percs.evaluate.shots import Extra, ShotsConfig, extra_references
 from percs.evaluate.summary import IOU_RULE, THRESHOLDS, BootstrapConfig, QueryCounts
 from percs.metrics import evaluate
 
@@ -37,7 +38,8 @@ class EvalConfig:
     """split: the benchmark split whose fixed queries are run. control: None or one of CONTROLS;
     control_seed: its seed. worst: overlays of that many worst queries (0: none). progress: a progress bar.
     every: run every k-th query of the split in stored order, from the first (1: all; a subset for methods too
-    slow for the whole split, recorded in metrics.json and the table's row)."""
+    slow for the whole split, recorded in metrics.json and the table's row). shots: extra positive and negative
+    references per query (`percs.evaluate.shots`; the default adds none)."""
 
     split: str = "test"
     control: str | None = None
@@ -46,8 +48,12 @@ class EvalConfig:
     worst: int = 8
     progress: bool = True
     every: int = 1
+    shots: ShotsConfig = field(default_factory=ShotsConfig)
 
     def __post_init__(self) -> None:
+        if self.control is not None and self.shots.active:
+            raise EvalError("a control replaces the fixed reference: it cannot be combined with extra references "
+                            "(--shots / --negatives)")
         if self.control is not None and self.control not in CONTROLS:
             raise EvalError(f"control {self.control!r} is not one of {CONTROLS}")
         if self.worst < 0:
@@ -59,7 +65,8 @@ class EvalConfig:
 @dataclass(frozen=True)
 class QueryRecord:
     """One query as it ran: the fixed query, the reference the method was given, where its prediction is
-    (relative to OUT), the numbers of true and predicted cells and the counts at each of THRESHOLDS."""
+    (relative to OUT), the numbers of true and predicted cells and the counts at each of THRESHOLDS; extra:
+    the references added by --shots / --negatives (None without)."""
 
     query: Query
     reference: Reference
@@ -67,6 +74,7 @@ class QueryRecord:
     n_true: int
     n_pred: int
     counts: QueryCounts
+    extra: Extra | None = None
 
 
 class ImageCache:
@@ -119,20 +127,29 @@ def plan_references(dataset: Dataset, queries: list[Query], config: EvalConfig, 
 
 
 def run_queries(method: Method, dataset: Dataset, planned: list[tuple[Query, Reference]], out: Path,
-                images: ImageCache, progress: bool = True) -> list[QueryRecord]:
-    """Runs `method` on every planned query, writes OUT/predictions/NNNN.tif and scores each query."""
+                images: ImageCache, progress: bool = True, extras: list[Extra] | None = None) -> list[QueryRecord]:
+    """Runs `method` on every planned query, writes OUT/predictions/NNNN.tif and scores each query. extras:
+    per planned query, references to add (`method.segment_references`); None: the fixed reference alone."""
     from tqdm import tqdm
 
+    if extras is not None and not hasattr(method, "segment_references"):
+        raise EvalError(f"method {method.name!r} takes one reference: --shots / --negatives need a method that "
+                        "takes several (percs with an instance-level model, percs-instance)")
     records = []
     for index, (query, reference) in enumerate(tqdm(planned, desc=f"eval {method.name}", unit="query",
                                                     disable=None if progress else True)):
         image, labels = images(query.image)
-        reference_image, reference_labels = images(reference.image)
-        predicted = check_prediction(method.segment(image, reference_image, reference_labels == reference.label),
-                                     labels.shape, method.name)
+        extra = None if extras is None else extras[index]
+        if extra is None:
+            reference_image, reference_labels = images(reference.image)
+            output = method.segment(image, reference_image, reference_labels == reference.label)
+        else:
+            cells = lambda refs: [(images(r.image)[0], images(r.image)[1] == r.label) for r in refs]  # noqa: E731
+            output = method.segment_references(image, cells((reference,) + extra.positives), cells(extra.negatives))
+        predicted = check_prediction(output, labels.shape, method.name)
         relative = f"predictions/{index:04d}.tif"
         write_tiff(out / relative, predicted)
-        records.append(score_query(dataset, query, reference, relative, labels, predicted))
+        records.append(score_query(dataset, query, reference, relative, labels, predicted, extra))
     return records
 
 
@@ -154,12 +171,12 @@ def true_labels_of(dataset: Dataset, query: Query, labels: np.ndarray) -> np.nda
 
 
 def score_query(dataset: Dataset, query: Query, reference: Reference, prediction: str, labels: np.ndarray,
-                predicted: np.ndarray) -> QueryRecord:
+                predicted: np.ndarray, extra: Extra | None = None) -> QueryRecord:
     """The QueryRecord of one prediction against the query's true cells."""
     stats = evaluate(true_labels_of(dataset, query, labels), predicted, THRESHOLDS, iou_rule=IOU_RULE)
     counts = QueryCounts(query.image, query.target_type, query.origin, tuple(s.tp for s in stats),
                          tuple(s.fp for s in stats), tuple(s.fn for s in stats))
-    return QueryRecord(query, reference, prediction, stats[0].n_true, stats[0].n_pred, counts)
+    return QueryRecord(query, reference, prediction, stats[0].n_true, stats[0].n_pred, counts, extra)
 
 
 def run_eval(method: Method, dataset: Dataset, out: Path | str, config: EvalConfig = EvalConfig(),
@@ -174,8 +191,11 @@ def run_eval(method: Method, dataset: Dataset, out: Path | str, config: EvalConf
     planned = plan_references(dataset, queries, config, images)
     if not planned:
         raise EvalError(f"control {config.control!r}: no query of split {config.split!r} has a wrong reference")
+    extras = None
+    if config.shots.active:
+        extras = extra_references(dataset, [q for q, _ in planned], config.shots, images.labels)
     start = time.perf_counter()
-    records = run_queries(method, dataset, planned, out, images, config.progress)
+    records = run_queries(method, dataset, planned, out, images, config.progress, extras)
     seconds = time.perf_counter() - start
     metrics = build_metrics(method, method_key, dataset, config, records, len(queries) - len(planned), seconds,
                             len(every_query))

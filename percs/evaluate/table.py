@@ -2,13 +2,16 @@
 
 Rows are (method, IoU threshold), grouped by threshold as in the paper (every method at 0.3, then every
 method at 0.5); a control run is its own row ("<method> [wrong-reference control]"), and so is a run on a
-subset of the queries ("<method> [every 5th query]"). Columns are AP, P and R
+subset of the queries ("<method> [every 5th query]") and with extra references ("<method> [5 shots, 2
+negatives]"). Columns are AP, P and R
 of each (dataset, split), in the order the runs are given; a method without a run on a column shows "-".
 Each figure is `value [low, high]`, its bootstrap interval over images. The first table holds the headline
 figures (means over queries of per-query AP / P / R), the second the pooled ones (TP / FP / FN summed).
 """
 
 from __future__ import annotations
+
+from percs.evaluate.shots import ShotsConfig
 
 FIGURE_NAMES = {"ap": "AP", "precision": "P", "recall": "R"}
 
@@ -17,6 +20,9 @@ def row_label(metrics: dict) -> str:
     """The row of a run: its method's name, with the control and the query subset when there are."""
     control, subset = metrics.get("control"), metrics.get("query_subset")
     label = metrics["method"] + (f" [{control['name']} control]" if control else "")
+    shots = metrics.get("shots")
+    if shots:
+        label += f" [{ShotsConfig(**shots).label()}]"
     return label + (f" [every {ordinal(subset['every'])} query]" if subset else "")
 
 
