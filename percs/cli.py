@@ -26,10 +26,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_data_commands(sub)
 
-    from percs.train.cli import add_train_command, add_train_scorer_command  # `percs train`, `train-scorer`
+    from percs.train.cli import add_export_model_command, add_train_command, add_train_scorer_command
 
-    add_train_command(sub)
+    add_train_command(sub)  # `percs train`, `train-scorer`, `export-model`
     add_train_scorer_command(sub)
+    add_export_model_command(sub)
 
     from percs.evaluate.cli import add_eval_commands  # `percs eval`, `percs eval-table`
 

@@ -46,5 +46,6 @@ def threshold_checkpoint(monkeypatch, folder: Path) -> Path:
     path = folder / "threshold.pt"
     path.write_bytes(b"")
     config = checkpoint_config(folder, window=182, stride=182, reference_window=182)
-    monkeypatch.setattr(percs.api, "load_model", lambda checkpoint, device="auto": (ThresholdModel(), config))
+    monkeypatch.setattr(percs.api, "load_model",
+                        lambda checkpoint, device="auto", backbone_weights=None: (ThresholdModel(), config))
     return path

@@ -211,7 +211,7 @@ def test_every_kth_query_is_a_marked_subset(dataset, tmp_path, capsys, monkeypat
 
 @pytest.mark.parametrize("argv, message", [
     (["--method", "nonesuch"], "--method 'nonesuch' is not one of"),
-    (["--method", "percs"], "--checkpoint is required"),
+    (["--method", "percs", "--backbone-weights", "{tmp}/no.pth"], "--backbone-weights {tmp}/no.pth does not exist"),
     (["--method", "oracle", "--split", "train"], "--split: split 'train' of dataset 'bench' has no queries"),
     (["--method", "oracle", "--data", "{tmp}"], "--data {tmp}: {tmp}/manifest.json: no manifest"),
     (["--method", "oracle", "--out", "{bench}"], "--out"),
@@ -227,7 +227,7 @@ def test_cli_errors_name_the_argument(bench, tmp_path, monkeypatch, capsys, argv
     """One line on stderr, exit status 2, and no model loaded (ck.pt is a placeholder that is never read)."""
     import percs.api
 
-    def refuse(checkpoint, device="auto"):
+    def refuse(checkpoint, device="auto", backbone_weights=None):
         raise AssertionError(f"the model was loaded from {checkpoint} although an input is bad")
 
     monkeypatch.setattr(percs.api, "load_model", refuse)

@@ -41,7 +41,8 @@ def threshold_model(monkeypatch, tmp_path):
     placeholder file, is never read)."""
     (tmp_path / "ck.pt").write_bytes(b"")
     config = checkpoint_config(tmp_path, window=SIZE, stride=SIZE)
-    monkeypatch.setattr(percs.api, "load_model", lambda checkpoint, device="auto": (ThresholdModel(), config))
+    monkeypatch.setattr(percs.api, "load_model",
+                        lambda checkpoint, device="auto", backbone_weights=None: (ThresholdModel(), config))
     return Segmenter(ThresholdModel(), config.predict)
 
 
@@ -191,7 +192,7 @@ def no_model(monkeypatch, tmp_path):
     a placeholder file, is never read)."""
     (tmp_path / "ck.pt").write_bytes(b"")
 
-    def refuse(checkpoint, device="auto"):
+    def refuse(checkpoint, device="auto", backbone_weights=None):
         raise AssertionError(f"the model was loaded from {checkpoint} although an input is bad")
 
     monkeypatch.setattr(percs.api, "load_model", refuse)

@@ -27,7 +27,8 @@ def threshold_model(monkeypatch, tmp_path):
     """`load_model` replaced by ThresholdModel with the mosaic tests' predictor settings (ck.pt is never read)."""
     (tmp_path / "ck.pt").write_bytes(b"")
     config = checkpoint_config(tmp_path, window=PREDICT.window, stride=PREDICT.stride, niter=PREDICT.niter)
-    monkeypatch.setattr(percs.api, "load_model", lambda checkpoint, device="auto": (ThresholdModel(), config))
+    monkeypatch.setattr(percs.api, "load_model",
+                        lambda checkpoint, device="auto", backbone_weights=None: (ThresholdModel(), config))
     return Segmenter(ThresholdModel(), config.predict)
 
 

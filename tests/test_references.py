@@ -155,3 +155,53 @@ def test_segment_with_several_references_and_negatives_checks_its_arguments(segm
         segmenter.segment(image, references=[reference, plain.reference(image, labels=red, label=1)])
     with pytest.raises(ValueError, match="refine needs"):
         plain.refine(plain.segment(image, None), add=[(1, 1)])
+
+
+def test_percs_predict_takes_several_references_and_negatives(segmenters, tmp_path, monkeypatch, capsys):
+    import tifffile
+
+    from percs.api import Segmenter
+    from percs.cli import main
+
+    segmenter, plain = segmenters
+    image, red, green = _disk_images()
+    labels = np.where(green > 0, green + 4, red).astype(np.int32)
+    tifffile.imwrite(tmp_path / "image.tif", image)
+    tifffile.imwrite(tmp_path / "labels.tif", labels)
+    tifffile.imwrite(tmp_path / "one.tif", (labels == 2).astype(np.uint8))
+    given = []
+
+    def recording(self, image, reference=None, *, references=None, negatives=None):
+        given.append((reference, references, negatives))
+        return real_segment(self, image, reference, references=references, negatives=negatives)
+
+    real_segment = Segmenter.segment
+    monkeypatch.setattr(Segmenter, "segment", recording)
+    monkeypatch.setattr(Segmenter, "from_checkpoint", classmethod(lambda cls, *a, **k: segmenter))
+    base = ["predict", str(tmp_path / "image.tif"), "--checkpoint", str(tmp_path / "image.tif"),
+            "--reference-image", str(tmp_path / "image.tif"), "--reference-mask", str(tmp_path / "labels.tif"),
+            "--no-progress"]
+    assert main(base + ["--out", str(tmp_path / "a"), "--reference-label", "1", "--reference-label", "3",
+                        "--negative-label", "5", "--extra-reference", str(tmp_path / "image.tif"),
+                        str(tmp_path / "one.tif"), "--extra-negative", str(tmp_path / "image.tif"),
+                        str(tmp_path / "labels.tif"), "6", "7"]) == 0
+    _, references, negatives = given[-1]
+    assert len(references) == 3 and len(negatives) == 3
+    np.testing.assert_array_equal(references[1].mask, labels == 3)
+    np.testing.assert_array_equal(references[2].mask, labels == 2)
+    np.testing.assert_array_equal(negatives[2].mask, labels == 7)
+    assert (tmp_path / "a" / "image_labels.tif").is_file()
+    assert main(base + ["--out", str(tmp_path / "b"), "--reference-label", "1"]) == 0
+    assert given[-1][1] is None and given[-1][0] is not None                 # one reference: as before
+    capsys.readouterr()
+    for extra, message in ((["--reference-mask", str(tmp_path / "one.tif"), "--negative-label", "5"],
+                            "give --reference-label too"),
+                           (["--reference-label", "1", "--extra-reference", "x.tif"], "takes IMAGE MASK"),
+                           (["--reference-label", "1", "--extra-negative", "a", "b", "c"], "LABEL must be integers"),
+                           (["--reference-label", "1", "--negative-label", "99"], "no cell labelled 99")):
+        assert main(base + ["--out", str(tmp_path / "c"), *extra]) == 2
+        assert message in capsys.readouterr().err
+    monkeypatch.setattr(Segmenter, "from_checkpoint", classmethod(lambda cls, *a, **k: plain))
+    capsys.readouterr()
+    assert main(base + ["--out", str(tmp_path / "d"), "--reference-label", "1", "--reference-label", "2"]) == 2
+    assert "instance-level decision" in capsys.readouterr().err

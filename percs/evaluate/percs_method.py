@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 
@@ -27,7 +28,11 @@ PREDICTOR_OPTIONS = {  # option -> (PredictorConfig field, type, help)
 
 
 def add_arguments(group: argparse._ArgumentGroup) -> None:
-    group.add_argument("--checkpoint", help="a `percs train` checkpoint (best.pt / last.pt); required")
+    group.add_argument("--checkpoint", help="a `percs train` checkpoint (best.pt / last.pt) or a `percs export-model` "
+                                            "file (default: the model shipped with percs)")
+    group.add_argument("--backbone-weights", metavar="FILE",
+                       help="DINOv2 weights for a model shipped without them (default: "
+                            "$PERCS_SHARED/weights/dinov2_vits14_pretrain.pth, else the official download)")
     group.add_argument("--min-cell-probability", type=float, default=0.0,
                        help="drop predicted cells whose mean same-type probability is below this (default 0)")
     for option, (_, kind, text) in PREDICTOR_OPTIONS.items():
@@ -81,25 +86,29 @@ def method_name(model_config, generic: bool) -> str:
     return f"PerCS-DINO ({', '.join(details)})"
 
 
-@register_method("percs", "a trained PerCS-DINO checkpoint (--checkpoint) through the sliding-window predictor",
+@register_method("percs", "a trained PerCS-DINO model (--checkpoint; default: the model shipped with percs)",
                  add_arguments)
 def build_percs_method(args: argparse.Namespace, dataset) -> PercsMethod:
     """The method of `args.checkpoint` on `args.device`, predictor settings overridden by the options."""
     from percs.api import Segmenter, load_model, resolve_device
     from percs.data.io import sha256
+    from percs.predict.shipped import default_model
 
-    if not getattr(args, "checkpoint", None):
-        raise ValueError("--checkpoint is required for --method percs (a percs train best.pt or last.pt)")
     if not 0 <= args.min_cell_probability <= 1:
         raise ValueError(f"--min-cell-probability must be in [0, 1], got {args.min_cell_probability}")
     try:
         device = resolve_device(getattr(args, "device", "auto"))
     except ValueError as error:
         raise ValueError(f"--device: {error}") from None
-    model, config = load_model(args.checkpoint, device)
+    checkpoint = getattr(args, "checkpoint", None) or None
+    weights = getattr(args, "backbone_weights", None)
+    if weights and not Path(weights).is_file():
+        raise ValueError(f"--backbone-weights {weights} does not exist")
+    model, config = load_model(checkpoint, device, weights)
     overrides = {key: getattr(args, option[2:].replace("-", "_")) for option, (key, _, _) in PREDICTOR_OPTIONS.items()}
     predictor_config = dataclasses.replace(config.predict, **{k: v for k, v in overrides.items() if v is not None})
-    settings = {"checkpoint": str(args.checkpoint), "checkpoint_sha256": sha256(args.checkpoint),
+    path = checkpoint or default_model()
+    settings = {"checkpoint": str(path), "checkpoint_sha256": sha256(path),
                 "device": str(next(model.parameters()).device), "model": dataclasses.asdict(config.model),
                 "predictor": dataclasses.asdict(predictor_config),
                 "min_cell_probability": args.min_cell_probability}

@@ -51,21 +51,25 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return device
 
 
-def load_model(checkpoint: str | Path, device: str | torch.device | None = "auto"):
-    """(model, config): the PerCS-DINO model of a `percs train` checkpoint (last.pt / best.pt), in eval mode on
-    `device`, and its resolved `percs.train.TrainConfig`.
+def load_model(checkpoint: str | Path | None = None, device: str | torch.device | None = "auto",
+               backbone_weights: str | Path | None = None):
+    """(model, config): the PerCS-DINO model of a `percs train` checkpoint (last.pt / best.pt) or of a head-only
+    model file (`percs export-model`; None: the model shipped with percs, `percs.predict.shipped`), in eval mode
+    on `device`, and its resolved `percs.train.TrainConfig`. backbone_weights: a head-only file's DINOv2
+    weights file (default: $PERCS_SHARED/weights, else the official download); ignored for whole checkpoints.
 
     The file's SHA-256 is checked (`percs.train.CheckpointError` when missing or corrupt); a file that is not a
     percs training checkpoint, or whose weights do not fit the model its config describes, raises
-    ModelLoadError naming the file. No backbone weight file is read: the checkpoint holds the whole model.
+    ModelLoadError naming the file. A whole checkpoint holds the whole model: no backbone weight file is read.
     The model's `trained_on` attribute is the checkpoint's `percs.train.provenance.TrainingData` (UNKNOWN for
     checkpoints written before percs recorded it).
     """
+    from percs.predict.shipped import HEAD_ONLY, default_model, load_head_backbone
     from percs.train.checkpoint import load_checkpoint
     from percs.train.config import config_from_dict
     from percs.train.setup import build_model
 
-    path = Path(checkpoint)
+    path = default_model() if checkpoint is None else Path(checkpoint)
     device = resolve_device(device)  # a bad device is refused before the checkpoint is read
     state = load_checkpoint(path)
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
@@ -78,10 +82,18 @@ def load_model(checkpoint: str | Path, device: str | torch.device | None = "auto
     if config.model.backbone_weights and config.model.backbone_depth:
         model_section = dataclasses.replace(model_section, backbone_embed_dim=0, backbone_num_heads=0)
     model: PerCSDino = build_model(model_section)
+    head_only = state.get(HEAD_ONLY)
     try:
-        model.load_state_dict(state["model"], strict=True)
+        missing, unexpected = model.load_state_dict(state["model"], strict=head_only is None)
+        if head_only is not None and (unexpected or any(not k.startswith("backbone.") for k in missing)):
+            raise RuntimeError(f"missing keys {missing[:4]}, unexpected keys {unexpected[:4]}")
     except RuntimeError as error:
         raise ModelLoadError(f"checkpoint {path}: its weights do not fit its config's model: {error}") from None
+    if head_only is not None:
+        try:
+            load_head_backbone(model, head_only, backbone_weights, path)
+        except (OSError, ValueError) as error:
+            raise ModelLoadError(str(error)) from None
     try:
         model.trained_on = TrainingData.from_record(state.get("trained_on"))
     except ValueError as error:
@@ -220,10 +232,12 @@ class Segmenter:
         self.min_cell_probability = None if min_cell_probability is None else float(min_cell_probability)
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: str | Path, device: str | torch.device | None = "auto",
+    def from_checkpoint(cls, checkpoint: str | Path | None = None, device: str | torch.device | None = "auto",
                         predict: PredictorConfig | Mapping | None = None,
-                        min_cell_probability: float | None = None) -> "Segmenter":
-        """Loads a `percs train` checkpoint once (`load_model`: checksum verified). predict: a PredictorConfig,
+                        min_cell_probability: float | None = None,
+                        backbone_weights: str | Path | None = None) -> "Segmenter":
+        """Loads a `percs train` checkpoint or head-only model once (`load_model`: checksum verified; None: the
+        model shipped with percs, its backbone from backbone_weights as `load_model` says). predict: a PredictorConfig,
         or a dict of overrides of the checkpoint's own `predict` section (the settings its validation used),
         or None for that section as it is. The arguments are checked before the checkpoint is read."""
         if isinstance(predict, Mapping):
@@ -233,7 +247,7 @@ class Segmenter:
         elif predict is not None and not isinstance(predict, PredictorConfig):
             raise TypeError(f"predict must be a PredictorConfig or a dict, got {type(predict).__name__}")
         check_min_cell_probability(min_cell_probability)
-        model, config = load_model(checkpoint, device)
+        model, config = load_model(checkpoint, device, backbone_weights)
         if isinstance(predict, Mapping):
             predict = dataclasses.replace(config.predict, **predict)
         return cls(model, config.predict if predict is None else predict, min_cell_probability)

@@ -16,13 +16,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     try:
         reference_image, reference_mask, region, jobs = _checked_inputs(args)
+        extra = _extra_references(args, reference_image, region)
     except _InputError as error:
         _print_errors(error.lines)
         return 2
     try:
         segmenter = Segmenter.from_checkpoint(args.checkpoint, args.device,
-                                              min_cell_probability=args.min_cell_probability)
+                                              min_cell_probability=args.min_cell_probability,
+                                              backbone_weights=args.backbone_weights)
         blockwise = _blockwise_config(args, segmenter, region.mask if region else reference_mask, jobs)
+        if extra is not None and (segmenter.instance is None or blockwise is not None):
+            raise ValueError("several references or negatives need a model with an instance-level decision (the "
+                             "default model has one) and images read whole, not block by block")
     except (CheckpointError, ValueError, OSError) as error:
         _print_errors([str(error)])
         return 2
@@ -33,7 +38,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     try:
         failures = segment_files(segmenter, reference_image, reference_mask, jobs, args.out,
                                  progress=not args.no_progress, warn=_warn, blockwise=blockwise,
-                                 reference_region=region)
+                                 reference_region=region, extra=extra)
     except (ValueError, OSError) as error:
         _print_errors([str(error)])
         return 1
@@ -93,8 +98,9 @@ def _checked_inputs(args: argparse.Namespace):
     from percs.predict.files import check_images, find_images, plan_outputs
     from percs.predict.large_images import is_blockwise
 
-    options = {Path(args.checkpoint): "--checkpoint", Path(args.reference_image): "--reference-image",
-               Path(args.reference_mask): "--reference-mask"}
+    options = {Path(args.reference_image): "--reference-image", Path(args.reference_mask): "--reference-mask"}
+    if args.checkpoint:
+        options[Path(args.checkpoint)] = "--checkpoint"
 
     def named(error: Exception) -> str:  # a file's problem, led by the argument that gave the file
         if isinstance(error, DataFileError):
@@ -109,7 +115,10 @@ def _checked_inputs(args: argparse.Namespace):
         raise _InputError([f"--device: {error}"]) from None
     _check_blockwise_options(args)
     try:
-        check_file(args.checkpoint)
+        if args.checkpoint:
+            check_file(args.checkpoint)
+        if args.backbone_weights and not Path(args.backbone_weights).is_file():
+            raise ValueError(f"--backbone-weights {args.backbone_weights} does not exist")
         reference_image, reference_mask, region = _read_reference(args)
         images = find_images(args.images, out=args.out)
     except ValueError as error:
@@ -150,10 +159,51 @@ def _read_reference(args: argparse.Namespace):
         if args.reference_offset is None:
             raise ValueError(f"--reference-offset Y,X is needed: the reference image {path} is large (read block by "
                              "block), so --reference-mask is a small mask placed at that offset")
-        mask = read_reference_mask(args.reference_mask, args.reference_label)
+        mask = read_reference_mask(args.reference_mask, _first(args.reference_label))
         return None, None, reference_region(path, mask, args.reference_offset)
-    image, mask = read_reference(path, args.reference_mask, args.reference_label, args.reference_offset)
+    image, mask = read_reference(path, args.reference_mask, _first(args.reference_label), args.reference_offset)
     return image, mask, None
+
+
+def _first(labels: list[int] | None) -> int | None:
+    return labels[0] if labels else None
+
+
+def _extra_references(args: argparse.Namespace, reference_image, region):
+    """(positives, negatives) [(image, mask)] beyond the first reference cell, or None when there are none:
+    the other --reference-label cells, --negative-label cells (of the --reference-mask label image), and the
+    cells of each --extra-reference / --extra-negative IMAGE MASK [LABEL ...]. _InputError otherwise."""
+    from percs.predict.files import read_reference
+
+    same = [(args.reference_image, args.reference_mask, [label]) for label in (args.reference_label or [])[1:]]
+    negatives = [(args.reference_image, args.reference_mask, [label]) for label in args.negative_label or []]
+    if args.negative_label and not args.reference_label:
+        raise _InputError(["--negative-label names cells of a label image: give --reference-label too"])
+    groups = [same + _extra_option(args.extra_reference or [], "--extra-reference"),
+              negatives + _extra_option(args.extra_negative or [], "--extra-negative")]
+    if not groups[0] and not groups[1]:
+        return None
+    if region is not None or args.reference_offset is not None:
+        raise _InputError(["several references are read from whole images: not with --reference-offset"])
+    try:
+        return tuple([read_reference(image, mask, label) for image, mask, labels in group for label in labels]
+                     for group in groups)
+    except ValueError as error:
+        raise _InputError([str(error)]) from None
+
+
+def _extra_option(values: list[list[str]], option: str) -> list[tuple[str, str, list]]:
+    """[(image, mask, labels)] of repeated `option IMAGE MASK [LABEL ...]` (labels [None]: MASK is one cell)."""
+    parsed = []
+    for given in values:
+        if len(given) < 2:
+            raise _InputError([f"{option} takes IMAGE MASK [LABEL ...], got {' '.join(given)}"])
+        try:
+            labels = [int(v) for v in given[2:]] or [None]
+        except ValueError:
+            raise _InputError([f"{option} {' '.join(given)}: LABEL must be integers"]) from None
+        parsed.append((given[0], given[1], labels))
+    return parsed
 
 
 def _offset(text: str) -> tuple[int, int]:
@@ -170,11 +220,25 @@ def add_predict_command(sub) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGES",
                    help="image files or folders of them (TIFF, PNG, JPEG; grey or colour; 8 or 16 bit), and Zarr / "
                         "OME-Zarr stores")
-    p.add_argument("--checkpoint", required=True, help="a percs train checkpoint (best.pt / last.pt)")
+    p.add_argument("--checkpoint", help="a percs model: a percs train checkpoint (best.pt / last.pt) or a "
+                                        "`percs export-model` file (default: the model shipped with percs)")
+    p.add_argument("--backbone-weights", metavar="FILE",
+                   help="DINOv2 weights for a model shipped without them (the default model): default "
+                        "$PERCS_SHARED/weights/dinov2_vits14_pretrain.pth, else the official download")
     p.add_argument("--reference-image", required=True, help="the image holding the reference cell")
     p.add_argument("--reference-mask", required=True,
                    help="mask of the reference cell (one non-zero value), or a label image with --reference-label")
-    p.add_argument("--reference-label", type=int, help="the reference cell's id in the --reference-mask label image")
+    p.add_argument("--reference-label", type=int, action="append", metavar="LABEL",
+                   help="the reference cell's id in the --reference-mask label image; repeated: more positive "
+                        "references (several references need a model with an instance-level decision)")
+    p.add_argument("--negative-label", type=int, action="append", metavar="LABEL",
+                   help="a cell of the --reference-mask label image that is NOT of the type, a negative reference "
+                        "(repeatable)")
+    p.add_argument("--extra-reference", nargs="+", action="append", metavar="ARG",
+                   help="IMAGE MASK [LABEL ...]: more positive references from another image (repeatable; put the "
+                        "IMAGES before it, or end its values with --)")
+    p.add_argument("--extra-negative", nargs="+", action="append", metavar="ARG",
+                   help="IMAGE MASK [LABEL ...]: negative references from another image (repeatable)")
     p.add_argument("--out", required=True,
                    help="folder for <stem>_labels.tif, <stem>_overlay.png, <stem>_cells.csv, reference_overlay.png")
     p.add_argument("--min-cell-probability", type=float,

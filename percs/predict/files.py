@@ -271,7 +271,8 @@ def few_cells_message(path: str | Path, n_cells: int) -> str | None:
 
 def segment_files(segmenter: Segmenter, reference_image: np.ndarray | None, reference_mask: np.ndarray | None,
                   jobs: Sequence[ImageJob], out: str | Path, progress: bool = True,
-                  warn: Callable[[str], None] | None = None, blockwise=None, reference_region=None) -> list[str]:
+                  warn: Callable[[str], None] | None = None, blockwise=None, reference_region=None,
+                  extra=None) -> list[str]:
     """Segments every job's image with the reference cell and writes its outputs into `out` (created).
 
     A bad image does not stop the others: the returned list holds one message per image that failed, naming
@@ -280,7 +281,8 @@ def segment_files(segmenter: Segmenter, reference_image: np.ndarray | None, refe
     FewCellsWarning through the warnings module). blockwise: the `percs.predict.blockwise.BlockwiseConfig` of
     the jobs marked blockwise (default settings when None). reference_region: a
     `percs.predict.blockwise.ReferenceRegion`, the reference cell inside a large image, instead of
-    reference_image and reference_mask (then None).
+    reference_image and reference_mask (then None). extra: (positives, negatives), more reference cells
+    [(image, mask)] for a model with an instance-level decision (`Segmenter.segment` references/negatives).
     """
     from tqdm import tqdm
 
@@ -293,6 +295,10 @@ def segment_files(segmenter: Segmenter, reference_image: np.ndarray | None, refe
         reference = Reference(reference_region_embedding(segmenter, reference_region), reference_region.mask)
     else:
         reference = segmenter.reference(reference_image, reference_mask)
+    references = {"references": [reference], "negatives": []}
+    if extra is not None:
+        references["references"] += [segmenter.reference(image, mask) for image, mask in extra[0]]
+        references["negatives"] = [segmenter.reference(image, mask) for image, mask in extra[1]]
     if reference_image is not None and not all(job.is_reference for job in jobs):
         blank = np.zeros(reference_mask.shape, np.int32)
         picture = draw_overlay(reference_image, blank, reference_mask=reference_mask)
@@ -305,7 +311,7 @@ def segment_files(segmenter: Segmenter, reference_image: np.ndarray | None, refe
                 n_cells = segment_large_file(segmenter, job.path, job.stem, reference, out, config).n_cells
             else:
                 image = read_query_image(job.path)
-                result = segmenter.segment(image, reference)
+                result = segmenter.segment(image, **references) if extra else segmenter.segment(image, reference)
                 write_outputs(out, job.stem, image, result, reference_mask if job.is_reference else None)
                 n_cells = int(result.labels.max(initial=0))
             message = few_cells_message(job.path, n_cells)

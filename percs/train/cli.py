@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -76,6 +77,31 @@ def cmd_train_scorer(args: argparse.Namespace) -> int:
         print(f"percs train-scorer: error: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+def cmd_export_model(args: argparse.Namespace) -> int:
+    from percs.predict.api import ModelLoadError
+    from percs.predict.shipped import export_head
+    from percs.train.checkpoint import CheckpointError
+
+    try:
+        record = export_head(args.checkpoint, args.out)
+    except (CheckpointError, ModelLoadError, ValueError, OSError) as error:
+        print("percs export-model: error: " + " ".join(str(error).splitlines()), file=sys.stderr)
+        return 2
+    size = Path(args.out).stat().st_size / 2**20
+    print(f"wrote {args.out} ({size:.1f} MiB, head in float16; backbone {record['backbone']}, fingerprint "
+          f"{record['backbone_fingerprint'][:12]}...)")
+    return 0
+
+
+def add_export_model_command(sub) -> None:
+    """Adds `percs export-model` to the subcommands of the percs parser."""
+    p = sub.add_parser("export-model", help="write a model without its frozen DINOv2 backbone, the head in float16 "
+                                            "(what percs ships; loaded with the backbone weights given at use)")
+    p.add_argument("--checkpoint", required=True, help="a percs train checkpoint (with a scorer attached or not)")
+    p.add_argument("--out", required=True, help="the head-only model file to write")
+    p.set_defaults(func=cmd_export_model)
 
 
 def add_train_scorer_command(sub) -> None:
