@@ -33,7 +33,8 @@ def run(args: argparse.Namespace) -> None:
     for shots in args.shots:
         for negatives in args.negatives:
             out = Path(args.out) / f"k{shots}-m{negatives}"
-            config = EvalConfig(args.split, worst=0, progress=True, shots=ShotsConfig(shots, negatives, args.seed))
+            setting = ShotsConfig(shots, negatives, args.seed, args.negatives_from)
+            config = EvalConfig(args.split, worst=0, progress=True, shots=setting)
             metrics = run_eval(method, dataset, out, config, method_key="percs")
             ap = metrics["overall"]["iou"]["0.5"]["mean"]["ap"]
             print(f"K={shots} M={negatives}: AP@0.5 {ap['value']:.3f} [{ap['ci'][0]:.3f}, {ap['ci'][1]:.3f}] "
@@ -48,8 +49,9 @@ def collect(folders: list[str]) -> list[dict]:
             metrics = json.loads(path.read_text())
             shots = metrics["shots"] or {"shots": 1, "negatives": 0}
             mean = metrics["overall"]["iou"]["0.5"]["mean"]
+            source = " from false positives" if shots.get("negatives_from") == "false-positives" else ""
             rows.append({"sweep": f"{metrics['dataset']['name']} {metrics['split']}", "K": shots["shots"],
-                         "M": shots["negatives"], "ap": mean["ap"]["value"], "ci": mean["ap"]["ci"],
+                         "M": shots["negatives"], "source": source, "ap": mean["ap"]["value"], "ci": mean["ap"]["ci"],
                          "precision": mean["precision"]["value"], "recall": mean["recall"]["value"],
                          "n_queries": metrics["n_queries"], "method": metrics["method"]})
     return rows
@@ -57,8 +59,8 @@ def collect(folders: list[str]) -> list[dict]:
 
 def table(rows: list[dict]) -> str:
     lines = ["| split | K positives | M negatives | AP@0.5 | P@0.5 | R@0.5 | queries |", "|---|---|---|---|---|---|---|"]
-    for r in sorted(rows, key=lambda r: (r["sweep"], r["M"], r["K"])):
-        lines.append(f"| {r['sweep']} | {r['K']} | {r['M']} | {r['ap']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] "
+    for r in sorted(rows, key=lambda r: (r["sweep"], r["source"], r["M"], r["K"])):
+        lines.append(f"| {r['sweep']} | {r['K']} | {r['M']}{r['source']} | {r['ap']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] "
                      f"| {r['precision']:.3f} | {r['recall']:.3f} | {r['n_queries']} |")
     return "\n".join(lines) + "\n"
 
@@ -77,10 +79,14 @@ def plot(args: argparse.Namespace) -> None:
     sweeps = sorted({r["sweep"] for r in rows})
     figure, axes = plt.subplots(1, len(sweeps), figsize=(4 * len(sweeps), 3.4), sharey=True, squeeze=False)
     for ax, sweep in zip(axes[0], sweeps):
-        for negatives, style in zip(sorted({r["M"] for r in rows}), ("o-", "s--", "^:")):
-            points = sorted((r for r in rows if r["sweep"] == sweep and r["M"] == negatives), key=lambda r: r["K"])
+        curves = sorted({(r["M"], r["source"]) for r in rows if r["sweep"] == sweep})
+        for (negatives, source), style in zip(curves, ("o-", "s--", "^:", "d-.")):
+            points = sorted((r for r in rows if r["sweep"] == sweep and (r["M"], r["source"]) == (negatives, source)),
+                            key=lambda r: r["K"])
+            if negatives == 0 and source:
+                continue
             ks = [r["K"] for r in points]
-            ax.errorbar(ks, [r["ap"] for r in points], capsize=3, fmt=style, label=f"M = {negatives} negatives",
+            ax.errorbar(ks, [r["ap"] for r in points], capsize=3, fmt=style, label=f"M = {negatives}{source}",
                         yerr=[[r["ap"] - r["ci"][0] for r in points], [r["ci"][1] - r["ap"] for r in points]])
         ax.set_title(sweep)
         ax.set_xlabel("K positive references")
@@ -106,6 +112,7 @@ def main() -> None:
     p.add_argument("--shots", type=int, nargs="+", default=[1, 3, 5])
     p.add_argument("--negatives", type=int, nargs="+", default=[0, 2])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--negatives-from", choices=("random", "false-positives"), default="random")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=run)
     p = sub.add_parser("plot", help="a PNG (and markdown table) of several sweeps")

@@ -83,7 +83,7 @@ def test_a_run_with_shots_gives_every_reference_and_records_them(dataset, tmp_pa
     config = EvalConfig(**FAST, shots=ShotsConfig(3, 2, 1))
     metrics = run_eval(method, dataset, tmp_path / "shots", config)
     queries = split_queries(dataset, "test")
-    assert len(method.calls) == len(queries) and metrics["shots"] == {"shots": 3, "negatives": 2, "seed": 1}
+    assert len(method.calls) == len(queries) and metrics["shots"] == {"shots": 3, "negatives": 2, "seed": 1, "negatives_from": "random"}
     for query, (image, positive_types, negatives), entry in zip(queries, method.calls, metrics["queries"]):
         assert image == query.image and positive_types == [query.target_type] * 3
         assert all(name == query.image and t != query.target_type for name, t in negatives)
@@ -143,3 +143,45 @@ def test_percs_method_takes_several_references(tmp_path):
                  "--out", str(tmp_path / "out"), "--shots", "2", "--negatives", "1", "--bootstrap", "20",
                  "--worst", "0", "--no-progress", "--device", "cpu"]) == 0
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["shots"]["negatives"] == 1
+
+
+class EveryCellUnlessNegative(OracleMethod):
+    """Every cell of the image, minus the cells of its negatives' types: first passes take other types."""
+
+    name = "every cell unless negative"
+
+    def __init__(self, dataset):
+        super().__init__(dataset)
+        self.negative_counts = []
+
+    def segment_references(self, image, positives, negatives):
+        record = self.record_of(image)
+        labels = self.dataset.read_labels(record)
+        self.negative_counts.append(len(negatives))
+        dropped = [label for i, m in negatives for label in record.labels_of_type(self.reference_type(i, m))]
+        return np.where(np.isin(labels, dropped), 0, labels).astype(np.int32)
+
+
+def test_negatives_from_false_positives_are_cells_the_method_wrongly_took(dataset, tmp_path):
+    method = EveryCellUnlessNegative(dataset)
+    config = EvalConfig(**FAST, shots=ShotsConfig(1, 2, 3, "false-positives"))
+    metrics = run_eval(method, dataset, tmp_path / "fp", config)
+    queries = split_queries(dataset, "test")
+    assert method.negative_counts[0::2] == [0] * len(queries)                # a first pass with positives alone
+    for query, entry in zip(queries, metrics["queries"]):
+        record = dataset.record(query.image)
+        others = [t for t in record.instance_types if t != query.target_type]
+        taken = [label for t in others for label in record.labels_of_type(t)]
+        assert len(entry["extra_negatives"]) == min(2, len(taken))
+        assert all(image == query.image and label in taken for image, label in entry["extra_negatives"])
+    assert metrics["shots"]["negatives_from"] == "false-positives"
+    every = run_eval(EveryCellUnlessNegative(dataset), dataset, tmp_path / "every",
+                     EvalConfig(**FAST, shots=ShotsConfig(2)))
+    ap = lambda m: m["overall"]["iou"]["0.5"]["mean"]["ap"]["value"]  # noqa: E731
+    assert ap(metrics) > ap(every) + 0.1                                     # the negatives removed other types
+    again = run_eval(EveryCellUnlessNegative(dataset), dataset, tmp_path / "again", config)
+    assert [q["extra_negatives"] for q in again["queries"]] == [q["extra_negatives"] for q in metrics["queries"]]
+    rows = render_table([metrics]).split("\n\n")[1].splitlines()[2]
+    assert "[1 shot, 2 negatives from false positives]" in rows
+    with pytest.raises(ValueError, match="negatives_from must be one of"):
+        ShotsConfig(negatives_from="clicks")

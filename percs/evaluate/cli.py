@@ -22,7 +22,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     try:  # every input (options, checkpoint file, dataset, split, out) is checked before a model is loaded
         entry, dataset = _method_and_dataset(args)
         bootstrap = BootstrapConfig(resamples=args.bootstrap, seed=args.bootstrap_seed)
-        shots = ShotsConfig(args.shots, args.negatives, args.shots_seed)
+        shots = ShotsConfig(args.shots, args.negatives, args.shots_seed, args.negatives_from)
         config = EvalConfig(args.split, args.control, args.control_seed, bootstrap, args.worst, args.progress,
                             args.every, shots)
         _check_split_and_out(dataset, args)
@@ -122,6 +122,10 @@ def _add_eval(sub) -> None:
     p.add_argument("--negatives", type=int, default=0, metavar="M",
                    help="negative references per query (default 0): random cells of other types in the query "
                         "image, the cells a user would click as wrongly taken")
+    p.add_argument("--negatives-from", choices=("random", "false-positives"), default="random",
+                   help="random (default): other-type cells of the query image, the same for every method; "
+                        "false-positives: other-type cells the method took with the positives alone (a user's "
+                        "clicks on a result; one more pass per query)")
     p.add_argument("--shots-seed", type=int, default=0, help="seed of the --shots / --negatives draws (default 0)")
     p.add_argument("--worst", type=int, default=8, metavar="N", help="overlays of the N worst queries (default 8)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")

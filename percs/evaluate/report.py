@@ -7,7 +7,7 @@ Layout (figures as in `percs.evaluate.summary.summary_json`; thresholds as strin
      "dataset": {"name", "path", "manifest_sha256"}, "split": "test",
      "control": null | {"name": "wrong-reference", "seed", "skipped_queries"},
      "query_subset": null | {"every": k, "split_queries": N} (every k-th of the split's N queries ran),
-     "shots": null | {"shots": K, "negatives": M, "seed"} (extra references, percs.evaluate.shots),
+     "shots": null | {"shots": K, "negatives": M, "seed", "negatives_from"} (percs.evaluate.shots),
      "iou_rule": "gt", "thresholds": [0.3, 0.5],
      "bootstrap": {"unit": "image", "resamples", "level", "seed"},
      "n_queries", "n_images", "seconds",

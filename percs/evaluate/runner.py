@@ -24,7 +24,7 @@ from percs.data.io import write_tiff
 from percs.evaluate.controls import CONTROLS, Reference, wrong_references
 from percs.evaluate.methods import Method
 from percs.evaluate.report import build_metrics, write_outputs
-from percs.evaluate.shots import Extra, ShotsConfig, extra_references
+from percs.evaluate.shots import Extra, ShotsConfig, extra_references, false_positive_negatives
 from percs.evaluate.summary import IOU_RULE, THRESHOLDS, BootstrapConfig, QueryCounts
 from percs.metrics import evaluate
 
@@ -127,9 +127,11 @@ def plan_references(dataset: Dataset, queries: list[Query], config: EvalConfig, 
 
 
 def run_queries(method: Method, dataset: Dataset, planned: list[tuple[Query, Reference]], out: Path,
-                images: ImageCache, progress: bool = True, extras: list[Extra] | None = None) -> list[QueryRecord]:
+                images: ImageCache, progress: bool = True, extras: list[Extra] | None = None,
+                shots: ShotsConfig = ShotsConfig()) -> list[QueryRecord]:
     """Runs `method` on every planned query, writes OUT/predictions/NNNN.tif and scores each query. extras:
-    per planned query, references to add (`method.segment_references`); None: the fixed reference alone."""
+    per planned query, references to add (`method.segment_references`); None: the fixed reference alone.
+    shots: with negatives from false positives, the negatives are drawn from a first pass's output."""
     from tqdm import tqdm
 
     if extras is not None and not hasattr(method, "segment_references"):
@@ -145,7 +147,11 @@ def run_queries(method: Method, dataset: Dataset, planned: list[tuple[Query, Ref
             output = method.segment(image, reference_image, reference_labels == reference.label)
         else:
             cells = lambda refs: [(images(r.image)[0], images(r.image)[1] == r.label) for r in refs]  # noqa: E731
-            output = method.segment_references(image, cells((reference,) + extra.positives), cells(extra.negatives))
+            positives = cells((reference,) + extra.positives)
+            if shots.negatives and shots.negatives_from == "false-positives":
+                first = check_prediction(method.segment_references(image, positives, []), labels.shape, method.name)
+                extra = Extra(extra.positives, false_positive_negatives(dataset, query, labels, first, shots, index))
+            output = method.segment_references(image, positives, cells(extra.negatives))
         predicted = check_prediction(output, labels.shape, method.name)
         relative = f"predictions/{index:04d}.tif"
         write_tiff(out / relative, predicted)
@@ -195,7 +201,7 @@ def run_eval(method: Method, dataset: Dataset, out: Path | str, config: EvalConf
     if config.shots.active:
         extras = extra_references(dataset, [q for q, _ in planned], config.shots, images.labels)
     start = time.perf_counter()
-    records = run_queries(method, dataset, planned, out, images, config.progress, extras)
+    records = run_queries(method, dataset, planned, out, images, config.progress, extras, config.shots)
     seconds = time.perf_counter() - start
     metrics = build_metrics(method, method_key, dataset, config, records, len(queries) - len(planned), seconds,
                             len(every_query))

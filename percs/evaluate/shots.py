@@ -9,8 +9,13 @@ cells of the query image that are not the type (the wrongly taken cells they wou
   (without repetition while there are enough; the reference's own image may be among them), and in each a
   random whole (not border-touching) cell of the type, not the fixed reference, of at least half the median
   area of the type's whole cells in that image (no fragments);
-- negatives: M random whole cells of the query image whose type is not the target (as many as there are when
-  fewer, the same area rule per type).
+- negatives (`negatives_from="random"`): M random whole cells of the query image whose type is not the target
+  (as many as there are when fewer, the same area rule per type), the same for every method;
+- negatives (`negatives_from="false-positives"`): what a user clicks after seeing a result: the method first
+  runs with the positives alone, and M of the cells it took that are cells of another type (a predicted cell
+  matching, at IoU > 0.5, a true cell whose type is not the target) are drawn with
+  `np.random.default_rng([seed, i, 1])`; the true cells are given as the negatives. Method-dependent by
+  design, and one more pass per query.
 
 Without the flags (K = 1, M = 0) nothing is drawn and the run equals a single-reference run exactly. The
 choices are recorded per query in metrics.json.
@@ -29,6 +34,9 @@ if TYPE_CHECKING:
     from percs.data.format import Dataset, ImageRecord, Query
 
 
+NEGATIVE_SOURCES = ("random", "false-positives")
+
+
 @dataclass(frozen=True)
 class ShotsConfig:
     """shots: positive references per query, the fixed one included (>= 1); negatives: negative references
@@ -37,8 +45,11 @@ class ShotsConfig:
     shots: int = 1
     negatives: int = 0
     seed: int = 0
+    negatives_from: str = "random"
 
     def __post_init__(self) -> None:
+        if self.negatives_from not in NEGATIVE_SOURCES:
+            raise ValueError(f"negatives_from must be one of {NEGATIVE_SOURCES}, got {self.negatives_from!r}")
         if self.shots < 1:
             raise ValueError(f"shots must be >= 1 (the fixed reference counts), got {self.shots}")
         if self.negatives < 0:
@@ -49,8 +60,9 @@ class ShotsConfig:
         return self.shots > 1 or self.negatives > 0
 
     def label(self) -> str:
-        """The table row's mark, e.g. "5 shots, 2 negatives"."""
-        return f"{self.shots} shot{'s' * (self.shots > 1)}, {self.negatives} negative{'s' * (self.negatives != 1)}"
+        """The table row's mark, e.g. "5 shots, 2 negatives" ("... 2 negatives from false positives")."""
+        text = f"{self.shots} shot{'s' * (self.shots > 1)}, {self.negatives} negative{'s' * (self.negatives != 1)}"
+        return text + (" from false positives" if self.negatives and self.negatives_from != "random" else "")
 
 
 @dataclass(frozen=True)
@@ -77,7 +89,7 @@ def extra_references(dataset: Dataset, queries: list[Query], config: ShotsConfig
         positives = _positives(holders, query.target_type, config.shots - 1, fixed, rng, read_labels)
         others = [t for t in record.instance_types if t != query.target_type]
         negatives = _cells_of(record, others, read_labels, exclude=())
-        chosen = rng.permutation(len(negatives))[: config.negatives]
+        chosen = rng.permutation(len(negatives))[: config.negatives if config.negatives_from == "random" else 0]
         extras.append(Extra(tuple(positives), tuple(Reference(query.image, int(negatives[k])) for k in sorted(chosen))))
     return extras
 
@@ -113,3 +125,20 @@ def _cells_of(record: ImageRecord, cell_types, read_labels, exclude) -> np.ndarr
             kept.append(table.labels[of_type & (table.areas >= floor)])
     labels = np.concatenate(kept) if kept else np.zeros(0, np.int64)
     return np.sort(labels[~np.isin(labels, np.asarray(exclude, np.int64))])
+
+
+def false_positive_negatives(dataset: Dataset, query: Query, labels: np.ndarray, predicted: np.ndarray,
+                             config: ShotsConfig, index: int) -> tuple[Reference, ...]:
+    """config.negatives true cells of other types that `predicted` (H, W) took (matched at IoU > 0.5), drawn
+    with `np.random.default_rng([config.seed, index, 1])` (see the module docstring); fewer when fewer exist."""
+    inside = (predicted > 0) & (labels > 0)
+    pairs, overlap = np.unique(np.stack((predicted[inside], labels[inside])).astype(np.int64), axis=1,
+                               return_counts=True)
+    predicted_area = np.bincount(predicted.ravel().astype(np.int64))
+    true_area = np.bincount(labels.ravel().astype(np.int64))
+    iou = overlap / (predicted_area[pairs[0]] + true_area[pairs[1]] - overlap)
+    record = dataset.record(query.image)
+    taken = [int(t) for t in np.unique(pairs[1][iou > 0.5]) if record.type_of(int(t)) != query.target_type]
+    rng = np.random.default_rng([config.seed, index, 1])
+    chosen = sorted(rng.permutation(len(taken))[: config.negatives])
+    return tuple(Reference(query.image, taken[k]) for k in chosen)
