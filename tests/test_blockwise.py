@@ -250,3 +250,49 @@ def torch_close(a, b) -> bool:
     import torch
 
     return bool(torch.allclose(a, b, rtol=1e-6, atol=0))
+
+
+def test_an_instance_level_model_runs_block_by_block_as_on_the_whole_image(mosaic, tmp_path):
+    """Every blob found, each kept by its (window-embedded, so block-independent) vectors' distance to the
+    reference's: the blockwise labels agree with whole-image segmentation, a reference inside the large image
+    gives the reference's vectors, and the decision drops some cells."""
+    import torch
+    from torch import nn
+
+    from percs.model.backbone import BackboneSpec, DinoVisionTransformer
+    from percs.model.instance import InstanceScorer
+
+    class Distance(nn.Module):
+        def forward(self, cells, references, cell_descriptors, reference_descriptors, groups=None):
+            return -((cell_descriptors - reference_descriptors.expand_as(cell_descriptors)) ** 2).sum(1) \
+                - ((cells - references.expand_as(cells)) ** 2).sum((1, 2))
+
+    torch.manual_seed(0)
+    backbone = DinoVisionTransformer(BackboneSpec(embed_dim=32, depth=1, num_heads=2, ffn="mlp")).eval()
+    model = ThresholdModel()
+    model.generic = True                                                # every blob, whatever the reference
+    model.instance = InstanceScorer(backbone, Distance(), layers=(1,))
+    image, reference_image, reference_mask = mosaic
+    segmenter = Segmenter(model, PREDICT)
+    reference = segmenter.reference(reference_image, reference_mask)
+    found = segmenter.segment(image, reference)
+    probabilities = found.probability[found.candidates.labels.numpy() > 0]
+    model.instance.threshold = float(np.median(probabilities))          # about half the cells kept
+    whole = segmenter.segment(image, reference).labels
+    assert 0 < whole.max() < len(found.candidates.cells)
+    result = segment_blockwise(segmenter, image, reference, tmp_path / "labels.zarr",
+                               BlockwiseConfig(block_size=BLOCK, progress=False))
+    import zarr
+
+    labels = zarr.open_array(str(result.labels), mode="r")[:]
+    assert evaluate(whole, labels, 0.5)[0].pooled.ap >= 0.99
+    inside = np.zeros(image.shape[:2], bool)
+    inside[found.candidates.labels.numpy() == int(found.candidates.cells[5])] = True
+    rows, cols = np.nonzero(inside)
+    crop = inside[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+    region = ReferenceRegion(ImageSource.from_array(image), crop, (int(rows.min()), int(cols.min())))
+    vectors, descriptors = reference_region_embedding(segmenter, region)
+    expected = segmenter.reference(image, inside).vectors
+    # the same window, sampled at centroids computed in the crop's frame and the image's: equal to rounding
+    torch.testing.assert_close(vectors, expected[0], rtol=0, atol=1e-3)
+    torch.testing.assert_close(descriptors, expected[1], rtol=1e-5, atol=1e-5)

@@ -100,6 +100,7 @@ class BlockInputs:
     min_cell_probability: float | None
     scratch: str
     labels: str
+    references: tuple | None = None  # instance-level models: ([positive (vectors, descriptors)], [negative])
 
 
 def segment_blockwise(segmenter, image, reference, labels_path: str | Path,
@@ -112,8 +113,6 @@ def segment_blockwise(segmenter, image, reference, labels_path: str | Path,
     source = image if isinstance(image, ImageSource) else (
         open_image(image) if isinstance(image, (str, Path)) else ImageSource.from_array(image))
     predict = segmenter.predictor.config
-    if segmenter.instance is not None:
-        raise ValueError("a model with an instance scorer is not yet run block by block")
     mask = None if reference is None else reference.mask
     overlap = config.overlap if config.overlap is not None else default_overlap(mask, predict.window)
     grid = block_grid(source.shape, config.block_size, overlap, predict.stride)
@@ -123,10 +122,17 @@ def segment_blockwise(segmenter, image, reference, labels_path: str | Path,
     with DaskRunner(config.scheduler, config.workers, config.progress) as runner:
         ranges = _ranges(runner, source, blocks)
         embedding = _embedding(segmenter, reference, ranges)
+        references = None
+        if segmenter.instance is not None:  # the reference's vectors, not an embedding: every block is scored
+            import torch
+
+            references = ([tuple(t.cpu() for t in embedding)], [])
+            embedding = torch.cat([t.flatten().cpu() for t in embedding])
         settings = _settings(segmenter, source, embedding, config.block_size, overlap, ranges)
         resumed = _prepare_scratch(scratch, settings, config.restart)
-        inputs = BlockInputs(segmenter.model, predict, None if embedding is None else embedding.cpu(), source,
-                             ranges, segmenter.min_cell_probability, str(scratch), str(labels_path))
+        inputs = BlockInputs(segmenter.model, predict, None if references or embedding is None else embedding.cpu(),
+                             source, ranges, segmenter.min_cell_probability, str(scratch), str(labels_path),
+                             references)
         shared = runner.share(inputs)
         summaries = runner.map(predict_block, blocks, shared, desc="blocks")
         lookups = global_ids([s.anchors for s in summaries], source.shape[1])
@@ -204,8 +210,14 @@ def predict_block(block: Block, inputs: BlockInputs) -> OwnedCells:
         labels = flows_to_masks(flows, logits, cellprob_threshold=config.cellprob_threshold,
                                 flow_threshold=config.flow_threshold, niter=config.niter, min_size=config.min_size,
                                 max_size_fraction=fraction)
-        owned = owned_cells(labels.cpu().numpy(), torch.sigmoid(logits).cpu().numpy(), block, inputs.source.shape,
-                            inputs.min_cell_probability)
+        if inputs.references is None:
+            labels, probability = labels.cpu().numpy(), torch.sigmoid(logits).cpu().numpy()
+        else:  # the instance-level decision on the block's cells (context as large as the block's)
+            from percs.predict.references import decided_labels
+
+            labels, probability = decided_labels(inputs.model.instance, image, labels, *inputs.references,
+                                                 inputs.min_cell_probability)
+        owned = owned_cells(labels, probability, block, inputs.source.shape, inputs.min_cell_probability)
         partial = path.with_suffix(".partial.npz")
         np.savez_compressed(partial, labels=owned.labels, origin=np.asarray(owned.origin), anchors=owned.anchors,
                             scores=owned.scores, cut=owned.cut)
@@ -265,14 +277,20 @@ def _ranges(runner: DaskRunner, source: ImageSource, blocks: list[Block]) -> dic
 
 
 def _embedding(segmenter, reference, ranges):
+    """The reference's embedding, or for an instance-level model its (vectors, descriptors)."""
     if not isinstance(reference, ReferenceRegion):
-        return None if reference is None else reference.embedding
+        if reference is None:
+            return None
+        if segmenter.instance is not None and reference.vectors is None:
+            raise ValueError("reference was made by a model without an instance scorer: make it with this segmenter")
+        return reference.vectors if segmenter.instance is not None else reference.embedding
     return reference_region_embedding(segmenter, reference, ranges)
 
 
 def reference_region_embedding(segmenter, region: ReferenceRegion, ranges: dict | None = None):
-    """(C,) embedding of a reference cell inside a large image, or None for a generic model. ValueError when
-    the mask does not lie inside the image. ranges: the image's normalisation (None: computed here)."""
+    """(C,) embedding of a reference cell inside a large image, (vectors, descriptors) for a model with an
+    instance-level decision, or None for a generic model. ValueError when the mask does not lie inside the
+    image. ranges: the image's normalisation (None: computed here)."""
     from percs.data.normalize import normalize_with_ranges
 
     mask = np.asarray(region.mask, bool)
@@ -284,6 +302,8 @@ def reference_region_embedding(segmenter, region: ReferenceRegion, ranges: dict 
                          f"offset ({y}, {x}) does not fit in the {height} x {width} image")
     if segmenter.generic:
         return None
+    if segmenter.instance is not None and segmenter.instance.embedding != "window":
+        raise ValueError("an instance scorer on image-wide patch features needs the reference image read whole")
     if ranges is None:
         with DaskRunner(progress=False) as runner:
             grid = block_grid(region.source.shape, 2048, 0, 1)
@@ -297,6 +317,8 @@ def reference_region_embedding(segmenter, region: ReferenceRegion, ranges: dict 
     crop_mask[y - y0 : y - y0 + mask.shape[0], x - x0 : x - x0 + mask.shape[1]] = mask
     import torch
 
+    if segmenter.instance is not None:  # each cell is embedded from its own window: a crop around it suffices
+        return segmenter.instance.reference(torch.from_numpy(image), torch.from_numpy(crop_mask))
     return segmenter.predictor.embed_reference(torch.from_numpy(image), crop_mask)
 
 

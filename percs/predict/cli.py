@@ -74,9 +74,6 @@ def _blockwise_config(args: argparse.Namespace, segmenter, reference_mask, jobs)
         return None
     from percs.predict.blockwise import BlockwiseConfig, default_overlap
 
-    if segmenter.instance is not None:
-        raise ValueError("--checkpoint: a model with an instance scorer is not yet run block by block (large "
-                         "images, --blockwise, --dask-scheduler)")
     window = segmenter.predictor.config.window
     overlap = args.overlap if args.overlap is not None else default_overlap(reference_mask, window)
     if args.block_size < overlap:

@@ -292,7 +292,9 @@ def segment_files(segmenter: Segmenter, reference_image: np.ndarray | None, refe
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if reference_region is not None:
-        reference = Reference(reference_region_embedding(segmenter, reference_region), reference_region.mask)
+        embedded = reference_region_embedding(segmenter, reference_region)
+        reference = Reference(None, reference_region.mask, embedded) if segmenter.instance is not None else \
+            Reference(embedded, reference_region.mask)
     else:
         reference = segmenter.reference(reference_image, reference_mask)
     references = {"references": [reference], "negatives": []}

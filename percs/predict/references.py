@@ -117,3 +117,15 @@ def clicked_reference(instance, candidates: CellCandidates, item, name: str):
 def _cell_vectors(candidates: CellCandidates, label: int):
     index = int(torch.searchsorted(candidates.cells, torch.tensor(label, device=candidates.cells.device)))
     return candidates.vectors[index], candidates.descriptors[index]
+
+
+def decided_labels(instance, image: torch.Tensor, labels: torch.Tensor, positives: list, negatives: list,
+                   min_cell_probability: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(labels (H, W) int32 canonical, probability (H, W) float32): the cells of labels (H, W) in the normalised
+    image (3, H, W) kept by `instance.decide`, each painted with its probability; for a block of a large image
+    (`percs.predict.blockwise`), where the found cells are not kept for refining."""
+    cells, vectors, descriptors = instance.cells(image, labels.to(torch.int64))
+    candidates = CellCandidates(image, labels.to(torch.int64), image.new_zeros(2, *labels.shape), cells, vectors,
+                                descriptors)
+    result = decide(instance, candidates, positives, negatives, min_cell_probability)
+    return result.labels, result.probability
