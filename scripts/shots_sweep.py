@@ -58,9 +58,11 @@ def collect(folders: list[str]) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| split | K positives | M negatives | AP@0.5 | P@0.5 | R@0.5 | queries |", "|---|---|---|---|---|---|---|"]
+    lines = ["| split | K positives | M negatives | AP@0.5 | P@0.5 | R@0.5 | queries |",
+             "|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["sweep"], r["source"], r["M"], r["K"])):
-        lines.append(f"| {r['sweep']} | {r['K']} | {r['M']}{r['source']} | {r['ap']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] "
+        interval = f"{r['ap']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}]"
+        lines.append(f"| {r['sweep']} | {r['K']} | {r['M']}{r['source']} | {interval} "
                      f"| {r['precision']:.3f} | {r['recall']:.3f} | {r['n_queries']} |")
     return "\n".join(lines) + "\n"
 

@@ -83,7 +83,8 @@ def test_a_run_with_shots_gives_every_reference_and_records_them(dataset, tmp_pa
     config = EvalConfig(**FAST, shots=ShotsConfig(3, 2, 1))
     metrics = run_eval(method, dataset, tmp_path / "shots", config)
     queries = split_queries(dataset, "test")
-    assert len(method.calls) == len(queries) and metrics["shots"] == {"shots": 3, "negatives": 2, "seed": 1, "negatives_from": "random"}
+    assert len(method.calls) == len(queries)
+    assert metrics["shots"] == {"shots": 3, "negatives": 2, "seed": 1, "negatives_from": "random"}
     for query, (image, positive_types, negatives), entry in zip(queries, method.calls, metrics["queries"]):
         assert image == query.image and positive_types == [query.target_type] * 3
         assert all(name == query.image and t != query.target_type for name, t in negatives)

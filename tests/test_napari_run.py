@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from napari_helpers import api_result, centre_of, real_nuclei, threshold_checkpoint
+from napari_helpers import api_result, centre_of, instance_checkpoint, real_nuclei, threshold_checkpoint
 from predict_helpers import write_tiny_checkpoint
 from skimage.measure import regionprops
 
@@ -158,16 +158,21 @@ def test_quick_cell_refuses_a_click_on_the_background():
 
 # --- requests ---
 
+@pytest.mark.parametrize("value", [None, "", "."])
+def test_no_checkpoint_chosen_is_the_model_shipped_with_percs(value):
+    from percs.predict.shipped import default_model
+
+    request = RunRequest(value, np.zeros((20, 20)), "img", point=(1.0, 1.0))
+    assert request.checkpoint == default_model() and request.checkpoint.is_file()
+
+
 @pytest.mark.parametrize("value, message", [
-    (None, "no checkpoint chosen: choose the .pt file that `percs train` wrote"),
-    ("", "no checkpoint chosen"), (".", "no checkpoint chosen"),
     ("folder", "checkpoint .*folder is a folder: choose the .pt file in it"),
     ("missing.pt", "checkpoint .*missing.pt does not exist"),
 ])
 def test_request_without_a_checkpoint_file_is_refused(tmp_path, value, message):
     (tmp_path / "folder").mkdir()
-    if value not in (None, "", "."):
-        value = tmp_path / value
+    value = tmp_path / value
     with pytest.raises(InputError, match=message):
         RunRequest(value, np.zeros((20, 20)), "img", point=(1.0, 1.0))
 
@@ -340,3 +345,35 @@ def test_the_manifest_names_existing_commands():
         module, name = python_name.split(":")
         source = Path(importlib.util.find_spec(module).origin).read_text()
         assert f"class {name}(" in source or f"def {name}(" in source
+
+
+def test_refine_decides_again_from_clicks_without_a_model_pass(monkeypatch, tmp_path, nuclei):
+    from percs.napari.run import refine_run
+
+    image, labels = nuclei
+    cell = int(np.unique(labels)[3])
+    checkpoint = instance_checkpoint(monkeypatch, tmp_path)
+    cache = SegmenterCache()
+    request = RunRequest(checkpoint, image, "nuclei", point=centre_of(labels, cell), labels=labels,
+                         labels_name="true nuclei")
+    _, result = drive(run_steps(request, cache))
+    found = result.segmentation.candidates.labels.numpy()
+    assert result.labels.max() == len(result.segmentation.candidates.cells) > 3   # threshold 0: every cell found
+    target = int(result.segmentation.candidates.cells[2])
+    click = centre_of(found, target)
+    segmenter = cache.current
+    monkeypatch.setattr(segmenter.predictor, "predict", lambda *a, **k: pytest.fail("refine ran the model"))
+    refined = refine_run(segmenter, result, remove=[click], image_name="nuclei")
+    assert not refined.labels[found == target].any() and refined.labels.max() < result.labels.max()
+    assert "(refined: 0 more like it, 1 not)" in refined.summary and refined.table["id"].size == refined.labels.max()
+    again = refine_run(segmenter, refined, add=[click], image_name="nuclei")     # a tie keeps the cell
+    assert again.labels[found == target].all()
+    with pytest.raises(InputError, match="press Run first"):
+        refine_run(segmenter, None, add=[click])
+    with pytest.raises(InputError, match="no click to refine with"):
+        refine_run(segmenter, result)
+    background = tuple(float(v) for v in np.argwhere(found == 0)[0])
+    with pytest.raises(InputError, match="a - click: point .* is on background"):
+        refine_run(segmenter, result, remove=[background])
+    with pytest.raises(InputError, match="outside image 'nuclei'"):
+        refine_run(segmenter, result, add=[(1e4, 0.0)], image_name="nuclei")

@@ -33,14 +33,15 @@ if (_reason := _missing()) is not None:
         pytest.fail(f"PERCS_NAPARI_TESTS=1 but {_reason}", pytrace=False)
     pytest.skip(_reason, allow_module_level=True)
 
-from napari_helpers import api_result, centre_of, real_nuclei, threshold_checkpoint  # noqa: E402
+from napari_helpers import (api_result, centre_of, instance_checkpoint, real_nuclei,  # noqa: E402
+                            threshold_checkpoint)
 from predict_helpers import write_tiny_checkpoint  # noqa: E402
 
 from percs.napari.reference import quick_cell  # noqa: E402
 from percs.napari.run import STEPS  # noqa: E402
 from percs.napari.sample_data import synthetic_cells  # noqa: E402
-from percs.napari.widget import (CELLS_LAYER, POINTS_LAYER, PROBABILITY_LAYER, REFERENCE_LAYER,  # noqa: E402
-                                 SegmentWidget)
+from percs.napari.widget import (CELLS_LAYER, FEWER_LAYER, MORE_LAYER, POINTS_LAYER,  # noqa: E402
+                                 PROBABILITY_LAYER, REFERENCE_LAYER, SegmentWidget)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 RUN_TIMEOUT_MS = 120_000
@@ -235,15 +236,35 @@ def test_bad_choices_are_error_notifications_before_any_work(make_napari_viewer,
     assert widget.status.value == errors[0]
 
 
-def test_no_checkpoint_and_a_corrupt_one_are_error_notifications(make_napari_viewer, qtbot, errors, tmp_path,
-                                                                   nuclei):
+def test_a_corrupt_checkpoint_is_an_error_notification(make_napari_viewer, qtbot, errors, tmp_path, nuclei):
     viewer, widget = nuclei_viewer(make_napari_viewer, nuclei, np.unique(nuclei[1])[3])
     widget.points.value = viewer.layers["click"]
-    widget.run()
-    assert not widget.running and errors[-1].startswith("percs: no checkpoint chosen: choose the .pt file")
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"garbage")
     widget.checkpoint.value = corrupt
     run_and_wait(widget, qtbot)  # the error comes from the worker thread
     assert errors[-1] == f"percs: checkpoint {corrupt} is not a percs checkpoint (no checksum header)"
     assert widget.run_button.enabled and CELLS_LAYER not in viewer.layers
+
+
+def test_plus_and_minus_clicks_refine_the_result(make_napari_viewer, qtbot, monkeypatch, tmp_path, errors, nuclei):
+    image, labels = nuclei
+    viewer, widget = nuclei_viewer(make_napari_viewer, nuclei, int(np.unique(labels)[3]))
+    widget.refine()
+    assert errors[-1].startswith("percs: refining needs a run")
+    widget.checkpoint.value = instance_checkpoint(monkeypatch, tmp_path)
+    widget.points.value = viewer.layers["click"]
+    widget.labels.value = viewer.layers["true nuclei"]
+    run_and_wait(widget, qtbot)
+    before = viewer.layers[CELLS_LAYER].data.copy()
+    found = widget._last.segmentation.candidates.labels.numpy()
+    target = int(widget._last.segmentation.candidates.cells[2])
+    widget.refine()
+    assert errors[-1].startswith("percs: no click to refine with")
+    widget.fewer_button.changed.emit(True)
+    assert viewer.layers.selection.active is viewer.layers[FEWER_LAYER] and MORE_LAYER not in viewer.layers
+    viewer.layers[FEWER_LAYER].add([centre_of(found, target)])
+    assert widget.refine() is not None
+    after = viewer.layers[CELLS_LAYER].data
+    assert not after[found == target].any() and after.max() < before.max()
+    assert "refined: 0 more like it, 1 not" in widget.status.value

@@ -65,7 +65,8 @@ class InstanceDecision:
         labels, cells, vectors, descriptors = self.cells(image)
         if len(cells) == 0:
             return Candidates(labels, cells, np.zeros(0, np.float32))
-        probability = self.instance.probabilities(vectors, descriptors, self._reference(reference_image, reference_mask))
+        reference = self._reference(reference_image, reference_mask)
+        probability = self.instance.probabilities(vectors, descriptors, reference)
         return Candidates(labels, cells, probability.cpu().numpy())
 
     def segment(self, image: np.ndarray, reference_image: np.ndarray, reference_mask: np.ndarray) -> np.ndarray:

@@ -20,7 +20,7 @@ from typing import Iterator
 import numpy as np
 
 from percs.api import Segmenter
-from percs.napari.reference import InputError, cell_of_labels, painted_cell, quick_cell
+from percs.napari.reference import InputError, cell_of_labels, painted_cell, pixel_of, quick_cell
 from percs.train.checkpoint import CheckpointError
 
 EXPECTED_ERRORS = (ValueError, CheckpointError, OSError)  # percs raises these on purpose, naming the problem
@@ -40,7 +40,8 @@ class Progress:
 class RunRequest:
     """The checked choices of one run (InputError on construction names what is wrong).
 
-    checkpoint: a `percs train` checkpoint file. image: (H, W) or (H, W, 3) array (`layer_image`), named
+    checkpoint: a `percs train` checkpoint or `percs export-model` file (None: the model shipped with percs).
+    image: (H, W) or (H, W, 3) array (`layer_image`), named
     image_name. reference_image: the image the reference cell is in (None: `image`), named reference_name.
     The reference cell: `point` (y, x) in reference-image pixels and / or `labels` (H, W) integer label image
     of the reference image (layer labels_name):
@@ -81,11 +82,12 @@ class RunRequest:
 
 
 def checked_checkpoint(checkpoint: str | Path | None) -> Path:
-    """The checkpoint as a Path to an existing file; InputError saying what to choose otherwise (an empty
-    choice, which file choosers give as '' or '.', a folder, a missing file)."""
+    """The checkpoint as a Path to an existing file, the model shipped with percs for an empty choice (which
+    file choosers give as '' or '.'); InputError saying what to choose otherwise (a folder, a missing file)."""
     if checkpoint is None or str(checkpoint) in ("", "."):
-        raise InputError("no checkpoint chosen: choose the .pt file that `percs train` wrote (best.pt), or the "
-                         "demo's (percs demo --out DIR writes DIR/run/best.pt)")
+        from percs.predict.shipped import default_model
+
+        return default_model()
     path = Path(checkpoint).expanduser()
     if path.is_dir():
         raise InputError(f"checkpoint {path} is a folder: choose the .pt file in it (best.pt or last.pt)")
@@ -111,6 +113,11 @@ class SegmenterCache:
         self._key: tuple | None = None
         self._segmenter: Segmenter | None = None
 
+    @property
+    def current(self) -> Segmenter | None:
+        """The Segmenter of the last `get` (None before any)."""
+        return self._segmenter
+
     def get(self, checkpoint: Path, device: str = "auto") -> Segmenter:
         stat = checkpoint.stat()
         key = (str(checkpoint.resolve()), stat.st_size, stat.st_mtime_ns, str(device))
@@ -125,7 +132,8 @@ class RunResult:
     """What a run shows. labels: (H, W) int32 cells of the reference's type, 1..N. probability: (H, W) float32
     same-type probability. reference_mask: the reference image's (H, W) bool reference cell. table: columns
     id, area, centroid_y, centroid_x, score (`percs.predict.files.cell_table`). summary: one line for the user.
-    warnings: lines to show as warnings (a model trained on synthetic cells, fewer than 3 cells found)."""
+    warnings: lines to show as warnings (a model trained on synthetic cells, fewer than 3 cells found).
+    segmentation: the `SegmentationResult`, which `refine_run` refines (models that decide cell by cell)."""
 
     labels: np.ndarray
     probability: np.ndarray
@@ -133,6 +141,7 @@ class RunResult:
     table: dict[str, np.ndarray]
     summary: str
     warnings: tuple[str, ...] = field(default=())
+    segmentation: object = field(default=None, repr=False, compare=False)
 
 
 def reference_mask(request: RunRequest) -> np.ndarray:
@@ -148,8 +157,6 @@ def reference_mask(request: RunRequest) -> np.ndarray:
 def run_steps(request: RunRequest, cache: SegmenterCache) -> Iterator[Progress]:
     """Runs `request`, yielding a Progress as each of the STEPS starts; returns a RunResult. Errors: InputError
     for the reference, ValueError / percs.train.CheckpointError from the checkpoint and the model."""
-    from percs.predict.files import FEW_CELLS, cell_table, few_cells_message
-
     yield Progress(0, len(STEPS), STEPS[0])
     segmenter = cache.get(request.checkpoint, request.device)
     yield Progress(1, len(STEPS), STEPS[1])
@@ -157,19 +164,45 @@ def run_steps(request: RunRequest, cache: SegmenterCache) -> Iterator[Progress]:
     yield Progress(2, len(STEPS), STEPS[2])
     reference = segmenter.reference(request.reference_image, mask)
     yield Progress(3, len(STEPS), STEPS[3])
-    result = segmenter.segment(request.image, reference)
+    return run_result(segmenter, segmenter.segment(request.image, reference), mask, request.image_name)
+
+
+def run_result(segmenter: Segmenter, result, mask: np.ndarray, image_name: str, refined: str = "") -> RunResult:
+    """The RunResult of a SegmentationResult: its layers' data, cell table, summary line and warnings."""
+    from percs.predict.files import FEW_CELLS, cell_table, few_cells_message
+
     n_cells = int(result.labels.max(initial=0))
     warnings = []
     if segmenter.trained_on.synthetic:
         warnings.append("the model was trained on synthetic cells (as the demo's): it is unlikely to work on "
                         "real images")
     if n_cells < FEW_CELLS:
-        warnings.append(few_cells_message(f"image '{request.image_name}'", n_cells))
+        warnings.append(few_cells_message(f"image '{image_name}'", n_cells))
     cells = "cell" + "s" * (n_cells != 1)
     kind = cells if segmenter.generic else f"{cells} of the reference's type"
-    summary = f"{n_cells} {kind} in '{request.image_name}'; {segmenter.trained_on.summary()}"
+    summary = f"{n_cells} {kind} in '{image_name}'{refined}; {segmenter.trained_on.summary()}"
     return RunResult(result.labels, result.probability, mask, cell_table(result.labels, result.cell_probability),
-                     summary, tuple(warnings))
+                     summary, tuple(warnings), result)
+
+
+def refine_run(segmenter: Segmenter, previous: RunResult, add=(), remove=(), image_name: str = "image") -> RunResult:
+    """`previous` decided again with more cells of the type (`add`) and cells not of it (`remove`), each an
+    (y, x) point on a found cell of the image (`Segmenter.refine`: no model or backbone pass). InputError when
+    the model does not decide cell by cell, there is no click, or a click is on no found cell."""
+    if previous is None or getattr(previous.segmentation, "candidates", None) is None:
+        raise InputError("refining needs a run with a model that decides cell by cell (the model shipped with "
+                         "percs, or a `percs train-scorer --model-out` file): press Run first")
+    if not len(add) and not len(remove):
+        raise InputError("no click to refine with: add points on cells of the type it missed (+) or on cells it "
+                         "wrongly took (-)")
+    shape = previous.labels.shape
+    pixels = [[pixel_of(point, shape, f"image '{image_name}'") for point in group] for group in (add, remove)]
+    try:
+        refined = segmenter.refine(previous.segmentation, add=pixels[0], remove=pixels[1])
+    except ValueError as error:
+        raise InputError(str(error).replace("add: ", "a + click: ").replace("remove: ", "a - click: ")) from None
+    label = f" (refined: {len(pixels[0])} more like it, {len(pixels[1])} not)"
+    return run_result(segmenter, refined, previous.reference_mask, image_name, label)
 
 
 TABLE_COLUMNS = ("id", "area", "score")  # what fits the dock; the cells layer's features have the centroids too

@@ -8,6 +8,9 @@ what is wrong), then a napari thread worker loads the model (once per checkpoint
 segments the image while the viewer stays responsive; the progress bar follows its steps. Results: labels
 layer 'percs cells' (with a features table, also shown in the widget), image layer 'percs same-type
 probability' (hidden at first) and labels layer 'percs reference cell' (its outline); a rerun replaces them.
+With a model that decides cell by cell (the shipped model, the default when no checkpoint is chosen), "+" and
+"-" add points layers for cells of the type it missed and cells it wrongly took, and Refine decides again from
+the found cells kept with the result, at once (`Segmenter.refine`: no model pass).
 """
 
 from __future__ import annotations
@@ -23,12 +26,14 @@ from napari.utils.notifications import show_error, show_info, show_warning
 
 from percs.napari.reference import InputError, layer_image
 from percs.napari.run import (STEPS, RunFailure, RunRequest, RunResult, SegmenterCache, display_table, error_message,
-                              last_point, run_steps_or_failure)
+                              last_point, refine_run, run_steps_or_failure)
 
 CELLS_LAYER = "percs cells"
 PROBABILITY_LAYER = "percs same-type probability"
 REFERENCE_LAYER = "percs reference cell"
 POINTS_LAYER = "percs reference point"
+MORE_LAYER = "percs more of the type"     # clicks on cells of the type the result missed
+FEWER_LAYER = "percs not the type"        # clicks on cells the result wrongly took
 REFERENCE_COLOUR = "magenta"  # as in percs predict's overlays
 LAYER_TYPES = {"image": napari.layers.Image, "labels": napari.layers.Labels}
 WIDGET_WIDTH = 420  # pixels: the dock leaves the canvas most of the window
@@ -56,7 +61,8 @@ class SegmentWidget(Container):
         self._worker = None
         self._layers = None  # (image layer, reference image layer) of the run in progress
         self.checkpoint = FileEdit(label="checkpoint", mode="r", filter="*.pt",
-                                   tooltip="the .pt file that percs train (or percs demo) wrote: best.pt")
+                                   tooltip="the .pt file that percs train (or percs demo) wrote: best.pt; empty: "
+                                           "the model shipped with percs")
         self.image = create_widget(annotation=napari.layers.Image, label="image")
         self.reference_image = create_widget(
             annotation=Optional[napari.layers.Image], label="reference image",
@@ -69,16 +75,28 @@ class SegmentWidget(Container):
         self.click_button = PushButton(text="Click a cell", tooltip=f"adds points layer '{POINTS_LAYER}' to click in")
         self.device = ComboBox(label="device", choices=devices(), value="auto")
         self.run_button = PushButton(text="Run")
+        self.more_button = PushButton(text="+ more like it", tooltip=f"points layer '{MORE_LAYER}': click cells of "
+                                                                     "the type that the result missed")
+        self.fewer_button = PushButton(text="- not this type", tooltip=f"points layer '{FEWER_LAYER}': click cells "
+                                                                       "that the result wrongly took")
+        self.refine_button = PushButton(text="Refine", tooltip="decide again with the + and - clicks (a model that "
+                                                               "decides cell by cell; no model pass)")
+        self._last: RunResult | None = None
         self.progress = ProgressBar(min=0, max=len(STEPS), value=0, label="progress")
         self.status = Label(value="")
         self.table = Table(value=display_table(None), label="cells")
         self.table.read_only = True
         self.status.native.setWordWrap(True)  # long messages wrap instead of widening the dock
         self.max_width = WIDGET_WIDTH
+        refine_row = Container(layout="horizontal", labels=False,
+                               widgets=[self.more_button, self.fewer_button, self.refine_button])
         self.extend([self.checkpoint, self.image, self.reference_image, self.points, self.labels, self.click_button,
-                     self.device, self.run_button, self.progress, self.status, self.table])
+                     self.device, self.run_button, refine_row, self.progress, self.status, self.table])
         self.click_button.changed.connect(self.click_cell)
         self.run_button.changed.connect(self.run)
+        self.more_button.changed.connect(lambda: self.refine_points(MORE_LAYER, "lime"))
+        self.fewer_button.changed.connect(lambda: self.refine_points(FEWER_LAYER, "red"))
+        self.refine_button.changed.connect(self.refine)
 
     @property
     def running(self) -> bool:
@@ -99,6 +117,40 @@ class SegmentWidget(Container):
         self.points.value = layer
         self.status.value = "click the reference cell in the viewer, then Run"
         return layer
+
+    def refine_points(self, name: str, colour: str) -> napari.layers.Points:
+        """Points layer `name` (added when missing), selected in add mode: clicks for Refine."""
+        if name in self._viewer.layers:
+            layer = self._viewer.layers[name]
+        else:
+            layer = self._viewer.add_points(name=name, ndim=2, size=7, face_color=colour)
+        self._viewer.layers.selection.active = layer
+        layer.mode = "add"
+        self.status.value = "click cells in the viewer, then Refine"
+        return layer
+
+    def refine(self) -> RunResult | None:
+        """The last result decided again with the points of MORE_LAYER and FEWER_LAYER (each on a found cell of
+        the image), shown as a run's; an error notification when it cannot be."""
+        if self.running:
+            show_info("percs: a run is in progress; wait for it to finish")
+            return None
+        try:
+            image_layer = self._layers[0] if self._layers and self._last is not None else None
+            clicks = [self._image_points(name, image_layer) for name in (MORE_LAYER, FEWER_LAYER)]
+            result = refine_run(self._cache.current, self._last, *clicks, image_layer.name if image_layer else "")
+        except InputError as error:
+            self._fail(error_message(error))
+            return None
+        self._on_result(result)
+        return result
+
+    def _image_points(self, name: str, image_layer) -> list:
+        """The points of layer `name` in the image layer's pixel coordinates (none without the layer)."""
+        if name not in self._viewer.layers or image_layer is None:
+            return []
+        layer = self._viewer.layers[name]
+        return [tuple(np.asarray(image_layer.world_to_data(layer.data_to_world(row)))[-2:]) for row in layer.data]
 
     def request(self) -> RunRequest:
         """The run the widget's choices describe; InputError naming what is missing or wrong."""
@@ -152,6 +204,7 @@ class SegmentWidget(Container):
             self._fail(result.message)
             return
         image_layer, reference_layer = self._layers
+        self._last = result
         self.progress.value = len(STEPS)
         self._put_layer(PROBABILITY_LAYER, result.probability, "image", image_layer,
                         colormap="magma", contrast_limits=(0.0, 1.0), blending="additive", visible=False)
