@@ -286,6 +286,17 @@ def test_an_instance_level_model_runs_block_by_block_as_on_the_whole_image(mosai
 
     labels = zarr.open_array(str(result.labels), mode="r")[:]
     assert evaluate(whole, labels, 0.5)[0].pooled.ap >= 0.99
+    cells = found.candidates.labels.numpy()
+    negative = segmenter.reference(image, cells == int(found.candidates.cells[len(found.candidates.cells) // 2]))
+    more = segmenter.reference(image, cells == int(found.candidates.cells[1]))
+    whole = segmenter.segment(image, references=[reference, more], negatives=[negative]).labels
+    result = segment_blockwise(segmenter, image, reference, tmp_path / "several.zarr",
+                               BlockwiseConfig(block_size=BLOCK, progress=False), positives=[more],
+                               negatives=[negative])
+    assert evaluate(whole, zarr.open_array(str(result.labels), mode="r")[:], 0.5)[0].pooled.ap >= 0.99
+    with pytest.raises(ValueError, match="instance-level decision"):
+        segment_blockwise(Segmenter(ThresholdModel(), PREDICT), image, reference, tmp_path / "x.zarr",
+                          BlockwiseConfig(block_size=BLOCK, progress=False), negatives=[negative])
     inside = np.zeros(image.shape[:2], bool)
     inside[found.candidates.labels.numpy() == int(found.candidates.cells[5])] = True
     rows, cols = np.nonzero(inside)

@@ -367,15 +367,18 @@ class Segmenter:
         for image in images:
             yield self.segment(image, reference, references=references, negatives=negatives)
 
-    def segment_large(self, image, reference, labels_path: str | Path, config=None):
+    def segment_large(self, image, reference, labels_path: str | Path, config=None, *, references=(),
+                      negatives=()):
         """An image far larger than memory, segmented block by block on dask into the Zarr array labels_path
         (`percs.predict.blockwise.segment_blockwise`). image: a Zarr / OME-Zarr store or TIFF path, an
         ImageSource or an array; reference: from `reference`, or a `percs.predict.blockwise.ReferenceRegion`
-        (a cell inside the large image); config: a BlockwiseConfig (block size, overlap, dask scheduler).
+        (a cell inside the large image); config: a BlockwiseConfig (block size, overlap, dask scheduler);
+        references, negatives: more positive and negative References (instance-level models).
         Returns the BlockwiseResult (labels path, cell table, counts)."""
         from percs.predict.blockwise import BlockwiseConfig, segment_blockwise
 
-        return segment_blockwise(self, image, reference, labels_path, config or BlockwiseConfig())
+        return segment_blockwise(self, image, reference, labels_path, config or BlockwiseConfig(),
+                                 positives=tuple(references), negatives=tuple(negatives))
 
 
 def drop_unlikely_cells(result: SegmentationResult, min_cell_probability: float) -> SegmentationResult:

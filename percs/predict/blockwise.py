@@ -104,15 +104,19 @@ class BlockInputs:
 
 
 def segment_blockwise(segmenter, image, reference, labels_path: str | Path,
-                      config: BlockwiseConfig = BlockwiseConfig()) -> BlockwiseResult:
+                      config: BlockwiseConfig = BlockwiseConfig(), *, positives=(), negatives=()) -> BlockwiseResult:
     """Segments `image` (an ImageSource, a path as `open_image` takes it, or an array) with the reference cell
     (a `Segmenter.reference`, a ReferenceRegion, or None for a generic model with `config.overlap` set) into
-    the Zarr array labels_path, with the settings of config (its scheduler runs the tasks). ValueError for a
-    reference outside the image, a block size smaller than the overlap, or settings that differ from an
-    unfinished run's; ImageStoreError for an unreadable store."""
+    the Zarr array labels_path, with the settings of config (its scheduler runs the tasks). positives,
+    negatives: more positive and negative `Segmenter.reference`s, for a model with an instance-level decision.
+    ValueError for a reference outside the image, a block size smaller than the overlap, several references
+    for a model that takes one, or settings that differ from an unfinished run's; ImageStoreError for an
+    unreadable store."""
     source = image if isinstance(image, ImageSource) else (
         open_image(image) if isinstance(image, (str, Path)) else ImageSource.from_array(image))
     predict = segmenter.predictor.config
+    if (positives or negatives) and segmenter.instance is None:
+        raise ValueError("several references or negatives need a model with an instance-level decision")
     mask = None if reference is None else reference.mask
     overlap = config.overlap if config.overlap is not None else default_overlap(mask, predict.window)
     grid = block_grid(source.shape, config.block_size, overlap, predict.stride)
@@ -126,8 +130,11 @@ def segment_blockwise(segmenter, image, reference, labels_path: str | Path,
         if segmenter.instance is not None:  # the reference's vectors, not an embedding: every block is scored
             import torch
 
-            references = ([tuple(t.cpu() for t in embedding)], [])
-            embedding = torch.cat([t.flatten().cpu() for t in embedding])
+            more = [_embedding(segmenter, r, ranges) for r in positives]
+            references = ([tuple(t.cpu() for t in v) for v in [embedding] + more],
+                          [tuple(t.cpu() for t in _embedding(segmenter, r, ranges)) for r in negatives])
+            counts = torch.tensor([len(references[0]), len(references[1])], dtype=torch.float32)
+            embedding = torch.cat([t.flatten() for group in references for v in group for t in v] + [counts])
         settings = _settings(segmenter, source, embedding, config.block_size, overlap, ranges)
         resumed = _prepare_scratch(scratch, settings, config.restart)
         inputs = BlockInputs(segmenter.model, predict, None if references or embedding is None else embedding.cpu(),

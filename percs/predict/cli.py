@@ -25,9 +25,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
                                               min_cell_probability=args.min_cell_probability,
                                               backbone_weights=args.backbone_weights)
         blockwise = _blockwise_config(args, segmenter, region.mask if region else reference_mask, jobs)
-        if extra is not None and (segmenter.instance is None or blockwise is not None):
+        if extra is not None and segmenter.instance is None:
             raise ValueError("several references or negatives need a model with an instance-level decision (the "
-                             "default model has one) and images read whole, not block by block")
+                             "default model has one)")
     except (CheckpointError, ValueError, OSError) as error:
         _print_errors([str(error)])
         return 2

@@ -310,7 +310,8 @@ def segment_files(segmenter: Segmenter, reference_image: np.ndarray | None, refe
         try:
             if job.blockwise:
                 config = blockwise or BlockwiseConfig(progress=progress)
-                n_cells = segment_large_file(segmenter, job.path, job.stem, reference, out, config).n_cells
+                n_cells = segment_large_file(segmenter, job.path, job.stem, reference, out, config,
+                                             references["references"][1:], references["negatives"]).n_cells
             else:
                 image = read_query_image(job.path)
                 result = segmenter.segment(image, **references) if extra else segmenter.segment(image, reference)

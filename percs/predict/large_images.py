@@ -114,13 +114,15 @@ def resumable(out: Path, stem: str) -> bool:
     return (out / f"{stem}_labels.zarr.blocks").is_dir()
 
 
-def segment_large_file(segmenter, path: Path, stem: str, reference, out: Path, config):
+def segment_large_file(segmenter, path: Path, stem: str, reference, out: Path, config, positives=(),
+                       negatives=()):
     """Segments one image block by block into out (`BLOCKWISE_OUTPUT_SUFFIXES`). reference: a Reference or a
-    ReferenceRegion; config: a BlockwiseConfig. Returns the BlockwiseResult."""
+    ReferenceRegion; config: a BlockwiseConfig; positives, negatives: more References. Returns the
+    BlockwiseResult."""
     from percs.predict.blockwise import segment_blockwise
     from percs.predict.files import write_cell_table
 
     result = segment_blockwise(segmenter, large_image_source(path), reference, out / f"{stem}_labels.zarr",
-                               config)
+                               config, positives=positives, negatives=negatives)
     write_cell_table(out / f"{stem}_cells.csv", result.cells)
     return result
