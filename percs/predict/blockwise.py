@@ -127,19 +127,17 @@ def segment_blockwise(segmenter, image, reference, labels_path: str | Path,
         ranges = _ranges(runner, source, blocks)
         embedding = _embedding(segmenter, reference, ranges)
         references = None
-        if segmenter.instance is not None:  # the reference's vectors, not an embedding: every block is scored
-            import torch
+        if segmenter.instance is not None:  # the references' vectors, not an embedding: every block is scored
+            def vectors(refs):
+                return [tuple(t.cpu() for t in _embedding(segmenter, r, ranges)) for r in refs]
 
-            more = [_embedding(segmenter, r, ranges) for r in positives]
-            references = ([tuple(t.cpu() for t in v) for v in [embedding] + more],
-                          [tuple(t.cpu() for t in _embedding(segmenter, r, ranges)) for r in negatives])
-            counts = torch.tensor([len(references[0]), len(references[1])], dtype=torch.float32)
-            embedding = torch.cat([t.flatten() for group in references for v in group for t in v] + [counts])
-        settings = _settings(segmenter, source, embedding, config.block_size, overlap, ranges)
+            references, embedding = (vectors([reference, *positives]), vectors(negatives)), None
+        else:
+            embedding = None if embedding is None else embedding.cpu()
+        settings = _settings(segmenter, source, references or embedding, config.block_size, overlap, ranges)
         resumed = _prepare_scratch(scratch, settings, config.restart)
-        inputs = BlockInputs(segmenter.model, predict, None if references or embedding is None else embedding.cpu(),
-                             source, ranges, segmenter.min_cell_probability, str(scratch), str(labels_path),
-                             references)
+        inputs = BlockInputs(segmenter.model, predict, embedding, source, ranges, segmenter.min_cell_probability,
+                             str(scratch), str(labels_path), references)
         shared = runner.share(inputs)
         summaries = runner.map(predict_block, blocks, shared, desc="blocks")
         lookups = global_ids([s.anchors for s in summaries], source.shape[1])
@@ -329,12 +327,24 @@ def reference_region_embedding(segmenter, region: ReferenceRegion, ranges: dict 
     return segmenter.predictor.embed_reference(torch.from_numpy(image), crop_mask)
 
 
-def _settings(segmenter, source: ImageSource, embedding, block_size: int, overlap: int, ranges: dict) -> dict:
-    """Everything a block's result depends on: a run resumes only the blocks of a run with equal settings."""
+def _settings(segmenter, source: ImageSource, reference_state, block_size: int, overlap: int, ranges: dict) -> dict:
+    """Everything a block's result depends on: a run resumes only the blocks of a run with equal settings.
+    reference_state: the reference embedding (C,), or ([positive (vectors, descriptors)], [negative ...]) of an
+    instance-level model, or None."""
     digest = hashlib.sha256()
     for tensor in segmenter.model.state_dict().values():
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    embedded = "" if embedding is None else hashlib.sha256(embedding.detach().cpu().numpy().tobytes()).hexdigest()
+    if reference_state is None:
+        embedded = ""
+    elif isinstance(reference_state, tuple):
+        state = hashlib.sha256()
+        for group in reference_state:
+            state.update(f"{len(group)} references|".encode())
+            for tensor in (t for pair in group for t in pair):
+                state.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        embedded = state.hexdigest()
+    else:
+        embedded = hashlib.sha256(reference_state.detach().cpu().numpy().tobytes()).hexdigest()
     return {"image": source.path, "component": source.component, "shape": list(source.shape),
             "dtype": str(source.dtype), "block_size": block_size, "overlap": overlap,
             "predict": dataclasses.asdict(segmenter.predictor.config), "model_sha256": digest.hexdigest(),

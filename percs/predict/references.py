@@ -58,22 +58,30 @@ def decide(instance, candidates: CellCandidates, positives: list, negatives: lis
     probability >= min_cell_probability); `probability` paints each found cell with its probability."""
     from percs.predict.api import SegmentationResult
 
-    probability, keep = instance.decide(candidates.vectors, candidates.descriptors, positives, negatives)
-    if min_cell_probability is not None:
-        keep = keep & (probability >= min_cell_probability)
-    size = int(candidates.labels.max()) + 1 if candidates.labels.numel() else 1
-    lookup = torch.zeros(size, device=probability.device)
-    lookup[candidates.cells] = probability
-    kept = torch.zeros(size, dtype=torch.bool, device=probability.device)
-    kept[candidates.cells] = keep
-    labels = torch.where(kept[candidates.labels], candidates.labels, 0).cpu().numpy().astype(np.int32)
+    labels, painted, cell_probability = _kept(instance, candidates.labels, candidates.cells, candidates.vectors,
+                                              candidates.descriptors, positives, negatives, min_cell_probability)
     return SegmentationResult(
-        labels=renumber(labels).astype(np.int32, copy=False),
-        probability=lookup[candidates.labels].cpu().numpy().astype(np.float32, copy=False),
-        cell_probability=probability[keep].cpu().numpy().astype(np.float32, copy=False),
+        labels=labels, probability=painted, cell_probability=cell_probability,
         flows=candidates.flows.cpu().numpy().astype(np.float32, copy=False),
         candidates=replace(candidates, positives=tuple(positives), negatives=tuple(negatives)),
     )
+
+
+def _kept(instance, found: torch.Tensor, cells: torch.Tensor, vectors: torch.Tensor, descriptors: torch.Tensor,
+          positives: list, negatives: list, min_cell_probability: float | None):
+    """(labels (H, W) int32 canonical, probability (H, W) float32, cell probability (N_kept,) float32): the cells
+    of found (H, W) int64 kept by `instance.decide`, every found cell painted with its probability."""
+    probability, keep = instance.decide(vectors, descriptors, positives, negatives)
+    if min_cell_probability is not None:
+        keep = keep & (probability >= min_cell_probability)
+    size = int(found.max()) + 1 if found.numel() else 1
+    lookup = torch.zeros(size, device=probability.device)
+    lookup[cells] = probability
+    kept = torch.zeros(size, dtype=torch.bool, device=probability.device)
+    kept[cells] = keep
+    labels = torch.where(kept[found], found, 0).cpu().numpy().astype(np.int32)
+    return (renumber(labels).astype(np.int32, copy=False), lookup[found].cpu().numpy().astype(np.float32, copy=False),
+            probability[keep].cpu().numpy().astype(np.float32, copy=False))
 
 
 def clicked_reference(instance, candidates: CellCandidates, item, name: str):
@@ -124,8 +132,7 @@ def decided_labels(instance, image: torch.Tensor, labels: torch.Tensor, positive
     """(labels (H, W) int32 canonical, probability (H, W) float32): the cells of labels (H, W) in the normalised
     image (3, H, W) kept by `instance.decide`, each painted with its probability; for a block of a large image
     (`percs.predict.blockwise`), where the found cells are not kept for refining."""
-    cells, vectors, descriptors = instance.cells(image, labels.to(torch.int64))
-    candidates = CellCandidates(image, labels.to(torch.int64), image.new_zeros(2, *labels.shape), cells, vectors,
-                                descriptors)
-    result = decide(instance, candidates, positives, negatives, min_cell_probability)
-    return result.labels, result.probability
+    found = labels.to(torch.int64)
+    cells, vectors, descriptors = instance.cells(image, found)
+    kept, painted, _ = _kept(instance, found, cells, vectors, descriptors, positives, negatives, min_cell_probability)
+    return kept, painted
