@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 
@@ -92,7 +91,7 @@ def build_percs_method(args: argparse.Namespace, dataset) -> PercsMethod:
     """The method of `args.checkpoint` on `args.device`, predictor settings overridden by the options."""
     from percs.api import Segmenter, load_model, resolve_device
     from percs.data.io import sha256
-    from percs.predict.shipped import default_model
+    from percs.predict.shipped import default_model, given_weights_file
 
     if not 0 <= args.min_cell_probability <= 1:
         raise ValueError(f"--min-cell-probability must be in [0, 1], got {args.min_cell_probability}")
@@ -101,9 +100,7 @@ def build_percs_method(args: argparse.Namespace, dataset) -> PercsMethod:
     except ValueError as error:
         raise ValueError(f"--device: {error}") from None
     checkpoint = getattr(args, "checkpoint", None) or None
-    weights = getattr(args, "backbone_weights", None)
-    if weights and not Path(weights).is_file():
-        raise ValueError(f"--backbone-weights {weights} does not exist")
+    weights = given_weights_file(getattr(args, "backbone_weights", None))
     model, config = load_model(checkpoint, device, weights)
     overrides = {key: getattr(args, option[2:].replace("-", "_")) for option, (key, _, _) in PREDICTOR_OPTIONS.items()}
     predictor_config = dataclasses.replace(config.predict, **{k: v for k, v in overrides.items() if v is not None})

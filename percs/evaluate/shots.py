@@ -87,10 +87,13 @@ def extra_references(dataset: Dataset, queries: list[Query], config: ShotsConfig
                    if r.name != query.image and query.target_type in r.instance_types]
         fixed = Reference(query.reference_image, query.reference_label)
         positives = _positives(holders, query.target_type, config.shots - 1, fixed, rng, read_labels)
-        others = [t for t in record.instance_types if t != query.target_type]
-        negatives = _cells_of(record, others, read_labels, exclude=())
-        chosen = rng.permutation(len(negatives))[: config.negatives if config.negatives_from == "random" else 0]
-        extras.append(Extra(tuple(positives), tuple(Reference(query.image, int(negatives[k])) for k in sorted(chosen))))
+        drawn = ()
+        if config.negatives and config.negatives_from == "random":  # false positives are drawn as the run goes
+            others = [t for t in record.instance_types if t != query.target_type]
+            negatives = _cells_of(record, others, read_labels, exclude=())
+            chosen = sorted(rng.permutation(len(negatives))[: config.negatives])
+            drawn = tuple(Reference(query.image, int(negatives[k])) for k in chosen)
+        extras.append(Extra(tuple(positives), drawn))
     return extras
 
 

@@ -94,6 +94,7 @@ def _checked_inputs(args: argparse.Namespace):
     from percs.data.io import DataFileError, check_file
     from percs.predict.files import check_images, find_images, plan_outputs
     from percs.predict.large_images import is_blockwise
+    from percs.predict.shipped import given_weights_file
 
     options = {Path(args.reference_image): "--reference-image", Path(args.reference_mask): "--reference-mask"}
     if args.checkpoint:
@@ -114,8 +115,7 @@ def _checked_inputs(args: argparse.Namespace):
     try:
         if args.checkpoint:
             check_file(args.checkpoint)
-        if args.backbone_weights and not Path(args.backbone_weights).is_file():
-            raise ValueError(f"--backbone-weights {args.backbone_weights} does not exist")
+        given_weights_file(args.backbone_weights)
         reference_image, reference_mask, region = _read_reference(args)
         images = find_images(args.images, out=args.out)
     except ValueError as error:

@@ -63,16 +63,24 @@ def _half(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.half() if tensor.is_floating_point() else tensor
 
 
+def given_weights_file(given: str | Path | None) -> Path | None:
+    """`given` (--backbone-weights) as a Path, None when not given; ValueError naming the option when the file
+    does not exist (the command lines check it before a model loads)."""
+    if not given:
+        return None
+    path = Path(given)
+    if not path.is_file():
+        raise ValueError(f"--backbone-weights {path} does not exist")
+    return path
+
+
 def backbone_weights_file(name: str, given: str | Path | None = None) -> Path | None:
     """The backbone weights file to read (see the module docstring), or None for the official download.
-    FileNotFoundError naming the option when `given` does not exist."""
+    ValueError naming the option when `given` does not exist."""
     from percs.model.backbone_weights import checkpoint_url
 
     if given:
-        path = Path(given)
-        if not path.is_file():
-            raise FileNotFoundError(f"--backbone-weights {path} does not exist")
-        return path
+        return given_weights_file(given)
     shared = os.environ.get("PERCS_SHARED")
     if shared:
         path = Path(shared) / "weights" / checkpoint_url(name).rsplit("/", 1)[1]
