@@ -82,6 +82,24 @@ def generic_checkpoint(bench: Path, path: Path, generic: bool = True) -> Path:
     return path
 
 
+def scored_checkpoint(folder: Path, threshold: float) -> tuple[Path, Path]:
+    """(model, generic): folder/generic.pt, a random tiny generic checkpoint (`generic_checkpoint` on the
+    `make_benchmark` benchmark folder/bench), and folder/model.pt, the same with an untrained CellScorer of its
+    first block (seed 0, folder/scorer.pt) attached at `threshold`."""
+    from percs.api import load_model
+    from percs.model.instance import CellScorer
+    from percs.train.scorer import ScorerTraining, attach_scorer, backbone_fingerprint, save_scorer
+    from train_helpers import make_benchmark
+
+    generic = generic_checkpoint(make_benchmark(folder), folder / "generic.pt", generic=True)
+    backbone = load_model(generic, "cpu")[0].backbone
+    torch.manual_seed(0)
+    save_scorer(folder / "scorer.pt", CellScorer(1, 32).eval(), ScorerTraining(layers=(1,), epochs=1), "vits14",
+                {"dataset": "tiny"}, 0.0, backbone_fingerprint(backbone))
+    attach_scorer(generic, folder / "scorer.pt", threshold, folder / "model.pt")
+    return folder / "model.pt", generic
+
+
 def red_and_green_disks(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(image (96, 128, 3) uint8, red (96, 128) int32 labels 1..4, green labels 1..4): disks of radius 6 on
     black, at jittered grid positions 32 pixels apart."""

@@ -55,25 +55,11 @@ def instance_checkpoint(monkeypatch, folder: Path) -> Path:
     """As `threshold_checkpoint`, but a model that decides cell by cell: every bright blob found, each scored by
     minus the squared distance of its (window-embedded, tiny random backbone) vectors to a reference's, threshold
     0 (every found cell kept until a negative matches it better)."""
-    import torch
-    from torch import nn
-
     import percs.api
-    from percs.model.backbone import BackboneSpec, DinoVisionTransformer
-    from percs.model.instance import InstanceScorer
-    from predict_helpers import ThresholdModel, checkpoint_config
-
-    class Distance(nn.Module):
-        def forward(self, cells, references, cell_descriptors, reference_descriptors, groups=None):
-            return -((cells - references.expand_as(cells)) ** 2).sum((1, 2))
+    from predict_helpers import checkpoint_config, instance_threshold_model
 
     def load(checkpoint, device="auto", backbone_weights=None):
-        torch.manual_seed(0)
-        model = ThresholdModel()
-        model.generic = True
-        backbone = DinoVisionTransformer(BackboneSpec(embed_dim=32, depth=1, num_heads=2, ffn="mlp")).eval()
-        model.instance = InstanceScorer(backbone, Distance(), layers=(1,), threshold=0.0)
-        return model, config
+        return instance_threshold_model(threshold=0.0), config
 
     path = folder / "instance.pt"
     path.write_bytes(b"")

@@ -83,3 +83,29 @@ def write_tiny_checkpoint(path: Path, generic: bool = False, trained_on: dict | 
         state["trained_on"] = trained_on
     save_checkpoint(state, path)
     return path
+
+
+class DistanceScorer(nn.Module):
+    """A metric in a CellScorer's place: logit = offset - the squared distance of a cell's vectors to its
+    reference's (every cell matches itself best)."""
+
+    def __init__(self, offset: float = 0.0):
+        super().__init__()
+        self.offset = offset
+
+    def forward(self, cells, references, cell_descriptors, reference_descriptors, groups=None):
+        return self.offset - ((cells - references.expand_as(cells)) ** 2).sum((1, 2))
+
+
+def instance_threshold_model(threshold: float = 0.5) -> ThresholdModel:
+    """ThresholdModel as a generic model (every bright blob, whatever the reference) with an instance-level
+    decision: each found cell embedded by a tiny random backbone (seed 0), compared by DistanceScorer."""
+    from percs.model.backbone import BackboneSpec, DinoVisionTransformer
+    from percs.model.instance import InstanceScorer
+
+    torch.manual_seed(0)
+    model = ThresholdModel()
+    model.generic = True
+    backbone = DinoVisionTransformer(BackboneSpec(embed_dim=32, depth=1, num_heads=2, ffn="mlp")).eval()
+    model.instance = InstanceScorer(backbone, DistanceScorer(), layers=(1,), threshold=threshold)
+    return model

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from blockwise_helpers import BLOCK, PREDICT, cluster, mosaic, mosaic_of_real_cells  # noqa: F401  (fixtures)
-from predict_helpers import ThresholdModel
+from predict_helpers import ThresholdModel, instance_threshold_model
 
 from percs.data.normalize import channel_range
 from percs.flows import renumber
@@ -257,21 +257,8 @@ def test_an_instance_level_model_runs_block_by_block_as_on_the_whole_image(mosai
     reference's: the blockwise labels agree with whole-image segmentation, a reference inside the large image
     gives the reference's vectors, and the decision drops some cells."""
     import torch
-    from torch import nn
 
-    from percs.model.backbone import BackboneSpec, DinoVisionTransformer
-    from percs.model.instance import InstanceScorer
-
-    class Distance(nn.Module):
-        def forward(self, cells, references, cell_descriptors, reference_descriptors, groups=None):
-            return -((cell_descriptors - reference_descriptors.expand_as(cell_descriptors)) ** 2).sum(1) \
-                - ((cells - references.expand_as(cells)) ** 2).sum((1, 2))
-
-    torch.manual_seed(0)
-    backbone = DinoVisionTransformer(BackboneSpec(embed_dim=32, depth=1, num_heads=2, ffn="mlp")).eval()
-    model = ThresholdModel()
-    model.generic = True                                                # every blob, whatever the reference
-    model.instance = InstanceScorer(backbone, Distance(), layers=(1,))
+    model = instance_threshold_model()
     image, reference_image, reference_mask = mosaic
     segmenter = Segmenter(model, PREDICT)
     reference = segmenter.reference(reference_image, reference_mask)

@@ -117,21 +117,11 @@ def test_percs_method_takes_several_references(tmp_path):
     reference as a list equals the single-reference run exactly."""
     import argparse
 
-    import torch
-
-    from baseline_helpers import generic_checkpoint, red_and_green_disks
-    from percs.api import load_model
+    from baseline_helpers import red_and_green_disks, scored_checkpoint
     from percs.evaluate.percs_method import build_percs_method
-    from percs.model.instance import CellScorer
-    from percs.train.scorer import ScorerTraining, attach_scorer, backbone_fingerprint, save_scorer
 
-    bench = make_benchmark(tmp_path)
-    generic = generic_checkpoint(bench, tmp_path / "generic.pt", generic=True)
-    torch.manual_seed(0)
-    save_scorer(tmp_path / "scorer.pt", CellScorer(1, 32).eval(), ScorerTraining(layers=(1,), epochs=1), "vits14",
-                {}, 0.0, backbone_fingerprint(load_model(generic, "cpu")[0].backbone))
-    attach_scorer(generic, tmp_path / "scorer.pt", 0.5, tmp_path / "model.pt")
-    args = argparse.Namespace(checkpoint=str(tmp_path / "model.pt"), min_cell_probability=0.0, device="cpu",
+    model, _ = scored_checkpoint(tmp_path, 0.5)
+    args = argparse.Namespace(checkpoint=str(model), min_cell_probability=0.0, device="cpu",
                               window=None, stride=None, batch_size=None, cellprob_threshold=None,
                               flow_threshold=None, niter=None, min_size=None)
     method = build_percs_method(args, None)
@@ -140,7 +130,7 @@ def test_percs_method_takes_several_references(tmp_path):
     np.testing.assert_array_equal(method.segment_references(image, [(image, red == 1)], []), single)
     several = method.segment_references(image, [(image, red == 1), (image, red == 2)], [(image, green == 1)])
     assert several.shape == image.shape[:2] and several.dtype == np.int32
-    assert main(["eval", "--method", "percs", "--checkpoint", str(tmp_path / "model.pt"), "--data", str(bench),
+    assert main(["eval", "--method", "percs", "--checkpoint", str(model), "--data", str(tmp_path / "bench"),
                  "--out", str(tmp_path / "out"), "--shots", "2", "--negatives", "1", "--bootstrap", "20",
                  "--worst", "0", "--no-progress", "--device", "cpu"]) == 0
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["shots"]["negatives"] == 1

@@ -6,21 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
-from baseline_helpers import generic_checkpoint, red_and_green_disks
-from percs.model.instance import CellScorer, InstanceScorer
-from percs.train.scorer import ScorerTraining, attach_scorer, backbone_fingerprint, save_scorer
-from train_helpers import make_benchmark
+from baseline_helpers import red_and_green_disks, scored_checkpoint
+from percs.model.instance import InstanceScorer
+from predict_helpers import DistanceScorer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-class DistanceScorer(nn.Module):
-    """A metric as a scorer: logit = 1 - squared distance of the vectors (largest for a cell and itself)."""
-
-    def forward(self, cells, references, cell_descriptors, reference_descriptors, groups=None):
-        return 1.0 - ((cells - references.expand_as(cells)) ** 2).sum((1, 2))
 
 
 def _logit_oracle(vectors: np.ndarray, references: list[np.ndarray]) -> np.ndarray:
@@ -33,7 +24,7 @@ def test_decide_keeps_the_best_positive_match_unless_a_negative_matches_better()
     descriptors = torch.zeros(30, 3)
     references = [rng.normal(size=(2, 4)).astype(np.float32) for _ in range(5)]
     as_ref = [(torch.from_numpy(r), torch.zeros(3)) for r in references]
-    instance = InstanceScorer(None, DistanceScorer(), threshold=0.2)
+    instance = InstanceScorer(None, DistanceScorer(offset=1.0), threshold=0.2)
     cells = torch.from_numpy(vectors)
     for positives, negatives in (([0], []), ([0, 1, 2], []), ([0], [3]), ([0, 1], [3, 4]), ([2], [0, 1, 3, 4])):
         probability, keep = instance.decide(cells, descriptors, [as_ref[i] for i in positives],
@@ -57,17 +48,10 @@ def test_decide_keeps_the_best_positive_match_unless_a_negative_matches_better()
 @pytest.fixture(scope="module")
 def segmenters(tmp_path_factory):
     """(instance-level Segmenter with threshold -1, the plain generic Segmenter) on a tiny generic model."""
-    from percs.api import Segmenter, load_model
+    from percs.api import Segmenter
 
-    tmp_path = tmp_path_factory.mktemp("references")
-    bench = make_benchmark(tmp_path)
-    generic = generic_checkpoint(bench, tmp_path / "generic.pt", generic=True)
-    backbone = load_model(generic, "cpu")[0].backbone
-    torch.manual_seed(0)
-    save_scorer(tmp_path / "scorer.pt", CellScorer(1, 32).eval(), ScorerTraining(layers=(1,), epochs=1), "vits14",
-                {"dataset": "tiny"}, 0.0, backbone_fingerprint(backbone))
-    attach_scorer(generic, tmp_path / "scorer.pt", -1.0, tmp_path / "model.pt")
-    return Segmenter.from_checkpoint(tmp_path / "model.pt", "cpu"), Segmenter.from_checkpoint(generic, "cpu")
+    model, generic = scored_checkpoint(tmp_path_factory.mktemp("references"), -1.0)
+    return Segmenter.from_checkpoint(model, "cpu"), Segmenter.from_checkpoint(generic, "cpu")
 
 
 def _disk_images():
@@ -100,7 +84,7 @@ def test_one_reference_as_a_list_is_the_single_reference_result(segmenters):
 def test_refine_rescores_the_found_cells_from_clicks_without_a_backbone_pass(segmenters, monkeypatch):
     segmenter, _ = segmenters
     image, red, green = _disk_images()
-    monkeypatch.setattr(segmenter.instance, "scorer", DistanceScorer())
+    monkeypatch.setattr(segmenter.instance, "scorer", DistanceScorer(offset=1.0))
     _found_every_disk(monkeypatch, segmenter, red, green)
     segmenter.instance.threshold = 0.0
     try:

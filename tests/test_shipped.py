@@ -5,21 +5,17 @@ from __future__ import annotations
 
 import hashlib
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from baseline_helpers import generic_checkpoint, red_and_green_disks
+from baseline_helpers import red_and_green_disks, scored_checkpoint
 from conftest import REPO_ROOT, data_dir, weights_file
 from percs.api import ModelLoadError, Segmenter, load_model
 from percs.cli import main
-from percs.model.instance import CellScorer
-from percs.predict.shipped import default_model, export_head
+from percs.predict.shipped import default_model
 from percs.train.checkpoint import load_checkpoint
-from percs.train.scorer import ScorerTraining, attach_scorer, backbone_fingerprint, save_scorer
-from train_helpers import make_benchmark
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -28,13 +24,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def exported(tmp_path_factory):
     """(whole model file, head-only file, backbone weights file) of a tiny generic model with a scorer."""
     tmp_path = tmp_path_factory.mktemp("shipped")
-    bench = make_benchmark(tmp_path)
-    generic = generic_checkpoint(bench, tmp_path / "generic.pt", generic=True)
+    model, generic = scored_checkpoint(tmp_path, 0.3)
     backbone = load_model(generic, "cpu")[0].backbone
-    torch.manual_seed(0)
-    save_scorer(tmp_path / "scorer.pt", CellScorer(1, 32).eval(), ScorerTraining(layers=(1,), epochs=1), "vits14",
-                {}, 0.0, backbone_fingerprint(backbone))
-    attach_scorer(generic, tmp_path / "scorer.pt", 0.3, tmp_path / "model.pt")
     assert main(["export-model", "--checkpoint", str(tmp_path / "model.pt"), "--out", str(tmp_path / "head.pt")]) == 0
     torch.save(backbone.state_dict(), tmp_path / "backbone.pth")
     return tmp_path / "model.pt", tmp_path / "head.pt", tmp_path / "backbone.pth"
