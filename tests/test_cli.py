@@ -46,8 +46,10 @@ def test_info_says_which_backends_are_compiled_and_usable(capsys):
         assert cuda["not_usable_because"]
     if cuda["compiled"] and not devices:
         assert "no CUDA device or driver" in cuda["not_usable_because"]
-    if torch.version.cuda is None:
+    if cuda["compiled"] and torch.version.cuda is None:  # (not compiled: that alone is the reason given)
         assert "CPU-only build" in cuda["not_usable_because"]
+    if not cuda["compiled"]:
+        assert "percs._cuda was not compiled" in cuda["not_usable_because"]
 
 
 def test_console_module_runs(tmp_path):
