@@ -9,7 +9,9 @@ under a randomly initialised head (seed 0; weights do not change the speed), the
 the machine's default thread count. Each benchmark is one part of the prediction, timed on its own:
 
 - backbone: `model.backbone` on the predictor's windows, batched as the predictor batches them;
-- head: `model.decode_features` (fusion and decoder) on those windows' backbone features;
+- head: `model.decode_features` (fusion and decoder; in eval mode the decoder takes one window at a time) on
+  those windows' backbone features; head_batched, the peer: the same with the decoder decoding each whole
+  batch at once, as it did before (its training mode; the ratio head_batched / head is in head's extra_info);
 - postprocess: `flows_to_masks` with the predictor's settings on the image's TRUE fields (FLOW_SCALE x
   `masks_to_flows(labels)` and a logit of +5 on cells, -5 on background): a random head's flows are
   meaningless and their post-processing time is not a real one (the masks must reach AP@0.5 >= 0.99);
@@ -20,7 +22,10 @@ the machine's default thread count. Each benchmark is one part of the prediction
 - total: `Predictor.predict` on the raw uint8 image with the real model, its kept backbone features dropped
   before each round (`Predictor.forget_features`);
 - total_same_image: `Predictor.predict` again on the image it just predicted (another reference on the same
-  image): the backbone's features are reused.
+  image): the backbone's features are reused;
+- total_bfloat16, total_auto: `total` with the predictor's precision "bfloat16" and "auto" instead of the
+  float32 every other part runs (`percs.model.precision`; extra_info: the speed-up over float32's total, the
+  labels' AP@0.5 against float32's, and what "auto" resolves to on this machine).
 
 Each result's extra_info holds s_per_mp (mean and min over rounds), the thread count and the load average
 before and after; the total's also holds the overhead by subtraction (total - backbone - head -
@@ -50,10 +55,12 @@ from percs.data.normalize import normalize_image  # noqa: E402
 from percs.flows import FLOW_SCALE, flows_to_masks, masks_to_flows  # noqa: E402
 from percs.metrics import evaluate  # noqa: E402
 from percs.model.percs_dino import ModelConfig, PerCSOutput, build_percs_dino  # noqa: E402
-from percs.predict import Predictor, padded_size, window_starts  # noqa: E402
+from percs.model.precision import resolve_precision  # noqa: E402
+from percs.predict import Predictor, PredictorConfig, padded_size, window_starts  # noqa: E402
 
 IMAGE = "cytomembrane/290"
-PARTS = ("backbone", "head", "postprocess", "postprocess_model_fields", "overhead", "total", "total_same_image")
+PARTS = ("backbone", "head_batched", "head", "postprocess", "postprocess_model_fields", "overhead", "total",
+         "total_same_image", "total_bfloat16", "total_auto")
 
 
 @dataclass
@@ -117,7 +124,7 @@ def setup(request) -> Setup:
     labels = read_label_image(root / f"{IMAGE}_masks.png")
     torch.manual_seed(0)
     model = build_percs_dino(ModelConfig(backbone="vits14"), weights, device).eval()
-    predictor = Predictor(model)
+    predictor = Predictor(model, PredictorConfig(precision="float32"))
     image = torch.from_numpy(normalize_image(raw)).to(device)
     embedding = predictor.embed_reference(image, labels == np.bincount(labels.ravel())[1:].argmax() + 1)
     batches = predictor_windows(image, predictor)
@@ -166,6 +173,24 @@ def test_backbone(benchmark, setup):
     measure(benchmark, setup, "backbone", run, rounds=3)
 
 
+def test_head_batched(benchmark, setup):
+    """The peer of `head`: the decoder in training mode (no gradient), which decodes each batch at once."""
+    model, embedding = setup.predictor.model, setup.embedding
+
+    def run():
+        model.decoder.train()
+        try:
+            with torch.no_grad():
+                return [model.decode_features(f, embedding[None].expand(len(f), -1), b)
+                        for f, b in zip(setup.features, setup.batches)]
+        finally:
+            model.decoder.eval()
+
+    outputs = measure(benchmark, setup, "head_batched", run, rounds=3)
+    for batched, one_by_one in zip(outputs, setup.outputs):
+        torch.testing.assert_close(batched.flows, one_by_one.flows, rtol=1e-4, atol=1e-4)
+
+
 def test_head(benchmark, setup):
     model, embedding = setup.predictor.model, setup.embedding
 
@@ -175,6 +200,8 @@ def test_head(benchmark, setup):
                     for f, b in zip(setup.features, setup.batches)]
 
     measure(benchmark, setup, "head", run, rounds=3)
+    if {"head", "head_batched"} <= set(setup.seconds):
+        benchmark.extra_info["speedup_over_batched"] = setup.seconds["head_batched"][0] / setup.seconds["head"][0]
 
 
 def postprocess(setup: Setup, flows: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
@@ -235,21 +262,44 @@ def test_total_same_image(benchmark, setup):
     assert prediction.labels.shape == setup.labels.shape
 
 
+@pytest.mark.parametrize("precision", ["bfloat16", "auto"])
+def test_total_precision(benchmark, setup, precision):
+    """`total` at another precision; the float32 labels (`setup.model_fields` post-processed) are the reference."""
+    from dataclasses import replace
+
+    predictor = Predictor(setup.predictor.model, replace(setup.predictor.config, precision=precision))
+
+    def run():
+        predictor.forget_features()
+        return predictor.predict(setup.raw, setup.embedding)
+
+    prediction = measure(benchmark, setup, f"total_{precision}", run, rounds=3)
+    exact = postprocess(setup, *setup.model_fields).cpu().numpy()
+    benchmark.extra_info["ap50_vs_float32"] = evaluate(exact, prediction.labels.cpu().numpy(), 0.5)[0].pooled.ap
+    benchmark.extra_info["resolves_to"] = resolve_precision(precision, setup.device)
+    part = f"total_{precision}"
+    if {"total", part} <= set(setup.seconds):
+        benchmark.extra_info["speedup_over_float32"] = setup.seconds["total"][0] / setup.seconds[part][0]
+
+
 def table(path: str) -> None:
     """Prints a pytest-benchmark JSON file of this bench as bench/README.md's table, one block per group."""
     groups: dict[str, dict[str, dict]] = {}
     for bench in json.load(open(path))["benchmarks"]:
         groups.setdefault(bench["group"], {})[bench["extra_info"]["part"]] = bench
+    notes = {"speedup_over_batched": "{:.2f}x the batched head", "speedup_over_float32": "{:.2f}x float32's total",
+             "ap50_vs_float32": "AP@0.5 {:.3f} against float32's labels", "resolves_to": "runs {}"}
     for group, runs in groups.items():
         backbone = runs["backbone"]["stats"]["mean"] if "backbone" in runs else None
-        print(f"\n{group}\n\n| part | rounds | mean s | s/MP (mean) | s/MP (min) | % of backbone |")
-        print("|---|---|---|---|---|---|")
+        print(f"\n{group}\n\n| part | rounds | mean s | s/MP (mean) | s/MP (min) | % of backbone | notes |")
+        print("|---|---|---|---|---|---|---|")
         for part in PARTS:
             if part in runs:
                 stats, info = runs[part]["stats"], runs[part]["extra_info"]
                 share = f"{100 * stats['mean'] / backbone:.1f}" if backbone else "-"
+                said = "; ".join(text.format(info[key]) for key, text in notes.items() if key in info)
                 print(f"| {part} | {stats['rounds']} | {stats['mean']:.3f} | {info['s_per_mp']:.3f} "
-                      f"| {info['s_per_mp_min']:.3f} | {share} |")
+                      f"| {info['s_per_mp_min']:.3f} | {share} | {said} |")
         if "overhead_by_subtraction_s" in runs.get("total", {}).get("extra_info", {}):
             info = runs["total"]["extra_info"]
             print(f"\noverhead by subtraction: {info['overhead_by_subtraction_s']:.3f} s "

@@ -189,3 +189,25 @@ def test_percs_predict_takes_several_references_and_negatives(segmenters, tmp_pa
     capsys.readouterr()
     assert main(base + ["--out", str(tmp_path / "d"), "--reference-label", "1", "--reference-label", "2"]) == 2
     assert "instance-level decision" in capsys.readouterr().err
+
+
+def test_the_instance_scorer_embeds_at_the_segmenters_precision(segmenters, monkeypatch):
+    """Reference and found cells are embedded at the arithmetic the segmenter's predictor runs, so that a
+    bfloat16 segmenter never compares bfloat16 cells with a float32 reference."""
+    import dataclasses
+
+    from percs.api import Segmenter
+
+    segmenter, _ = segmenters
+    image, red, green = _disk_images()
+    vectors = {}
+    for precision in ("bfloat16", "float32"):  # float32 last: the module's model is given back as it was
+        config = dataclasses.replace(segmenter.predictor.config, precision=precision)
+        made = Segmenter(segmenter.model, config)
+        assert made.instance.precision == precision
+        _found_every_disk(monkeypatch, made, red, green)
+        result = made.segment(image, made.reference(image, labels=red, label=1))
+        vectors[precision] = (result.candidates.vectors, result.candidates.positives[0][0])
+    for lowered, exact in zip(vectors["bfloat16"], vectors["float32"]):
+        assert lowered.dtype == exact.dtype == torch.float32
+        assert 0 < float((lowered - exact).abs().max()) <= 0.05 * float(exact.abs().max())

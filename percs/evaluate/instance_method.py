@@ -32,7 +32,7 @@ class InstanceDecision:
         self.source = source
         self.instance = InstanceScorer(source.predictor.model.backbone, scorer, layers, embedding, threshold,
                                        config.reference_window, config.stride, config.batch_size, window_size,
-                                       context)
+                                       context, config.precision)
         self.cells = ImageCache(self._cells)
         self.settings: dict = {}
         self.tuning = ""

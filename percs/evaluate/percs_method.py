@@ -23,7 +23,10 @@ PREDICTOR_OPTIONS = {  # option -> (PredictorConfig field, type, help)
     "--flow-threshold": ("flow_threshold", float, "largest flow error of a kept mask"),
     "--niter": ("niter", int, "Euler steps of the flow integration"),
     "--min-size": ("min_size", int, "smallest kept mask in pixels"),
+    "--precision": ("precision", str, "the network's arithmetic: auto (bfloat16 on a CPU with AMX or AVX512-BF16, "
+                                      "else float32), float32 or bfloat16"),
 }
+PRECISION_CHOICES = ("auto", "float32", "bfloat16")  # percs.model.precision.PRECISIONS, named without torch
 
 
 def add_arguments(group: argparse._ArgumentGroup) -> None:
@@ -35,7 +38,8 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--min-cell-probability", type=float, default=0.0,
                        help="drop predicted cells whose mean same-type probability is below this (default 0)")
     for option, (_, kind, text) in PREDICTOR_OPTIONS.items():
-        group.add_argument(option, type=kind, default=None, help=f"{text} (default: the checkpoint's)")
+        choices = PRECISION_CHOICES if option == "--precision" else None
+        group.add_argument(option, type=kind, choices=choices, default=None, help=f"{text} (default: the checkpoint's)")
 
 
 class PercsMethod:
@@ -91,6 +95,7 @@ def build_percs_method(args: argparse.Namespace, dataset) -> PercsMethod:
     """The method of `args.checkpoint` on `args.device`, predictor settings overridden by the options."""
     from percs.api import Segmenter, load_model, resolve_device
     from percs.data.io import sha256
+    from percs.model.precision import resolve_precision
     from percs.predict.shipped import default_model, given_weights_file
 
     if not 0 <= args.min_cell_probability <= 1:
@@ -108,6 +113,7 @@ def build_percs_method(args: argparse.Namespace, dataset) -> PercsMethod:
     settings = {"checkpoint": str(path), "checkpoint_sha256": sha256(path),
                 "device": str(next(model.parameters()).device), "model": dataclasses.asdict(config.model),
                 "predictor": dataclasses.asdict(predictor_config),
+                "precision": resolve_precision(predictor_config.precision, next(model.parameters()).device),
                 "min_cell_probability": args.min_cell_probability}
     segmenter = Segmenter(model, predictor_config, args.min_cell_probability or None)
     instance = getattr(model, "instance", None)

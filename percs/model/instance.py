@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from percs.model.backbone import PATCH_SIZE
+from percs.model.precision import check_precision, inference_precision
 from percs.model.reference import embed_reference, label_coverage, pool_features, reference_window
 
 LAYERS = (4, 8, 12)
@@ -248,14 +249,16 @@ class InstanceScorer:
     `cells`, as the scorer's training pairs are embedded); layers, embedding ("window": each cell alone at one
     scale, `cell_vectors`; "patch": the image's sliding-window features pooled under it); threshold: the
     probability from which a cell is kept; window, stride, batch_size: the "patch" embedding's sliding windows;
-    window_size, context: the "window" embedding's windows (`cell_windows`).
+    window_size, context: the "window" embedding's windows (`cell_windows`); precision: the backbone passes'
+    arithmetic (`percs.model.precision`; the predictor's, so that reference and cells are embedded alike).
     """
 
     def __init__(self, backbone, scorer: CellScorer | None, layers=LAYERS, embedding: str = "window",
                  threshold: float = 0.5, window: int = 224, stride: int = 168, batch_size: int = 8,
-                 window_size: int = 56, context: float = 2.0):
+                 window_size: int = 56, context: float = 2.0, precision: str = "float32"):
         if embedding not in ("window", "patch"):
             raise ValueError(f"embedding must be 'window' or 'patch', got {embedding!r}")
+        self.precision = check_precision(precision)
         self.window_size, self.context = window_size, context
         self.backbone, self.scorer, self.layers, self.embedding = backbone, scorer, tuple(layers), embedding
         self.threshold, self.window, self.stride, self.batch_size = float(threshold), window, stride, batch_size
@@ -263,22 +266,25 @@ class InstanceScorer:
     @torch.no_grad()
     def reference(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(vectors (L, C), descriptors (D,)) of the reference cell, mask (H, W) bool in image (3, H, W)."""
-        if self.embedding == "window":
-            labels = mask.to(torch.int64)
-            vectors = cell_vectors(self.backbone, image, labels, self.layers, self.window_size, self.context)[1][0]
-            return vectors, cell_descriptors(image, labels)[1][0]
-        return reference_vectors(self.backbone, image, mask, self.layers, self.window)
+        with inference_precision(self.precision, image.device):
+            if self.embedding == "window":
+                labels = mask.to(torch.int64)
+                vectors = cell_vectors(self.backbone, image, labels, self.layers, self.window_size, self.context)[1]
+                return vectors[0], cell_descriptors(image, labels)[1][0]
+            return reference_vectors(self.backbone, image, mask, self.layers, self.window)
 
     @torch.no_grad()
     def cells(self, image: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(cells (N,) ascending, vectors (N, L, C), descriptors (N, D)) of labels (H, W) in image (3, H, W)."""
         labels = labels.to(torch.int64)
-        if self.embedding == "window":
-            cells, vectors = cell_vectors(self.backbone, image, labels, self.layers, self.window_size, self.context)
-        else:
-            features = image_block_features(self.backbone, image, self.layers, self.window, self.stride,
-                                            self.batch_size)
-            cells, vectors = pool_cells(features, pad_to_grid(labels, features[0].shape[1:]))
+        with inference_precision(self.precision, image.device):
+            if self.embedding == "window":
+                cells, vectors = cell_vectors(self.backbone, image, labels, self.layers, self.window_size,
+                                              self.context)
+            else:
+                features = image_block_features(self.backbone, image, self.layers, self.window, self.stride,
+                                                self.batch_size)
+                cells, vectors = pool_cells(features, pad_to_grid(labels, features[0].shape[1:]))
         return cells, vectors, cell_descriptors(image, labels)[1]
 
     @torch.no_grad()

@@ -58,7 +58,8 @@ def pool_features(features: torch.Tensor, coverage: torch.Tensor) -> torch.Tenso
     if features.shape[-2:] != coverage.shape[-2:]:
         raise ValueError(f"features grid {tuple(features.shape[-2:])} != coverage grid {tuple(coverage.shape[-2:])}")
     weights = coverage.flatten(2).to(features.dtype)  # (B, K, P)
-    summed = torch.bmm(weights, features.flatten(2).transpose(1, 2))  # (B, K, C)
+    with torch.autocast(features.device.type, enabled=False):  # the dtype asked for, also inside inference autocast
+        summed = torch.bmm(weights, features.flatten(2).transpose(1, 2))  # (B, K, C)
     return summed / weights.sum(-1, keepdim=True)
 
 

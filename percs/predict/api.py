@@ -114,7 +114,7 @@ def _instance_scorer(path: Path, model, record: dict, predict: PredictorConfig):
         settings = record["settings"]
         return InstanceScorer(model.backbone, scorer, record["layers"], settings.get("embedding", "patch"),
                               record["threshold"], predict.reference_window, predict.stride, predict.batch_size,
-                              settings.get("window_size", 56), settings.get("context", 2.0))
+                              settings.get("window_size", 56), settings.get("context", 2.0), predict.precision)
     except (KeyError, RuntimeError, ValueError) as error:
         raise ModelLoadError(f"checkpoint {path} has an unreadable instance scorer: {error}") from None
 
@@ -221,6 +221,7 @@ class Segmenter:
     model: a PerCS-DINO model (or anything with the `percs.predict.Predictor` model interface). predict: the
     predictor settings (default `PredictorConfig()`). min_cell_probability: the optional second filter in
     [0, 1]: cells whose mean same-type probability is below it are dropped and the rest renumbered 1..N.
+    The model's instance scorer, where it has one, is set to the predictor's `precision`.
     """
 
     def __init__(self, model: torch.nn.Module, predict: PredictorConfig | None = None,
@@ -230,6 +231,8 @@ class Segmenter:
         check_min_cell_probability(min_cell_probability)
         self.predictor = Predictor(model, predict or PredictorConfig())
         self.min_cell_probability = None if min_cell_probability is None else float(min_cell_probability)
+        if self.instance is not None:  # the model's scorer embeds reference and cells at the predictor's arithmetic
+            self.instance.precision = self.predictor.config.precision
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path | None = None, device: str | torch.device | None = "auto",

@@ -21,7 +21,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         _print_errors(error.lines)
         return 2
     try:
-        segmenter = Segmenter.from_checkpoint(args.checkpoint, args.device,
+        predict = None if args.precision is None else {"precision": args.precision}
+        segmenter = Segmenter.from_checkpoint(args.checkpoint, args.device, predict,
                                               min_cell_probability=args.min_cell_probability,
                                               backbone_weights=args.backbone_weights)
         blockwise = _blockwise_config(args, segmenter, region.mask if region else reference_mask, jobs)
@@ -241,6 +242,9 @@ def add_predict_command(sub) -> None:
     p.add_argument("--min-cell-probability", type=float,
                    help="drop cells whose mean same-type probability is below this (0..1; default: keep all)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    p.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default=None,  # percs.model.precision
+                   help="the network's arithmetic: auto (bfloat16 on a CPU with AMX or AVX512-BF16, else float32), "
+                        "float32 or bfloat16 (default: the model's, auto for the shipped one)")
     p.add_argument("--overwrite", action="store_true", help="replace outputs that already exist in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     g = p.add_argument_group("large images", "Zarr / OME-Zarr stores and TIFFs over 64 MP are segmented block by "

@@ -2,9 +2,10 @@
 
 The image is zero-padded at the bottom and right to a multiple of 14 and to at least one window (256 -> 266,
 100 -> 224); windows of `window` pixels are placed every `stride` pixels along each axis, the last one flush
-with the padded border; the model runs on batches of windows; the three output channels (flows and
-same-type logit) are averaged where windows overlap; the padding is cut off; `percs.flows.flows_to_masks`
-turns flows and logit (as `cellprob`, threshold 0) into labels. Everything stays on the model's device.
+with the padded border; the model runs on batches of windows; the three output channels (flows and same-type
+logit) are averaged where windows overlap; the padding is cut off; `percs.flows.flows_to_masks` turns flows
+and logit (as `cellprob`, threshold 0) into labels. Everything stays on the model's device. The network runs
+at `PredictorConfig.precision` (`percs.model.precision`); what the predictor returns is float32.
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ import torch.nn.functional as F
 
 from percs.flows import flows_to_masks
 from percs.model.backbone import PATCH_SIZE
+from percs.model.precision import check_precision, inference_precision
 from percs.model.reference import reference_window
 
 
 @dataclass(frozen=True)
 class PredictorConfig:
-    """Sliding windows (the paper's 224 / 168), reference window, batching and `flows_to_masks` settings."""
+    """Sliding windows (the paper's 224 / 168), reference window, batching, `flows_to_masks` settings, and the
+    network's arithmetic (`percs.model.precision`: "auto" is bfloat16 on CPUs that compute it natively)."""
 
     window: int = 224
     stride: int = 168
@@ -34,8 +37,10 @@ class PredictorConfig:
     flow_threshold: float = 0.4
     niter: int = 200
     min_size: int = 15
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
+        check_precision(self.precision, "predict.precision")
         for key in ("window", "reference_window"):
             value = getattr(self, key)
             if value <= 0 or value % PATCH_SIZE:
@@ -138,7 +143,7 @@ class Predictor:
             raise ValueError(f"reference_mask has shape {tuple(mask.shape)}, expected {tuple(image.shape[1:])}")
         window, window_mask = reference_window(image, mask != 0, self.config.reference_window)
         with self._inference():
-            return self.model.embed_reference(window[None], window_mask[None])[0]
+            return self.model.embed_reference(window[None], window_mask[None])[0].float()
 
     def fields(self, image, reference_embedding: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Stitched model output for one image: (flows (2, H, W), same-type logits (H, W)), float32.
@@ -223,7 +228,8 @@ class Predictor:
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.no_grad():  # not inference_mode: its tensors could not be reused in training code
+            # not inference_mode: its tensors could not be reused in training code
+            with torch.no_grad(), inference_precision(self.config.precision, self.device):
                 yield
         finally:
             self.model.train(was_training)
