@@ -51,11 +51,12 @@ class FlowDecoder(nn.Module):
     def forward(self, fused: torch.Tensor, images: torch.Tensor | None = None) -> torch.Tensor:
         """fused (B, dim, h, w), images (B, 3, 14 h, 14 w) (needed with a detail branch) -> (B, 3, 14 h, 14 w).
 
-        In eval mode the windows are decoded one at a time: one window's full-resolution activations stay in
-        the CPU's cache, where a batch's (over 100 MB at 8 windows of 224) would not, which makes the decoder
-        1.5-2x faster on a CPU (bench/README.md); each window's output is the one the batch gives. Training
+        With a detail branch, eval mode decodes one window at a time: the full-resolution concatenation of
+        upsampled tokens and detail channels of one window is reused from the CPU's cache, a batch's (150 MB at
+        8 windows of 224) is not; this makes the decoder 1.4x faster on a 2-core CPU (bench/README.md), and
+        makes no difference without the branch. Each window's output is the one the batch gives. Training
         decodes the batch at once (its backward pass holds every activation anyway)."""
-        if not self.training and len(fused) > 1:
+        if not self.training and self.detail is not None and len(fused) > 1:
             return torch.cat([self(fused[i : i + 1], None if images is None else images[i : i + 1])
                               for i in range(len(fused))])
         upsampled = self.layers(fused)
