@@ -284,6 +284,12 @@ def test_an_instance_level_model_runs_block_by_block_as_on_the_whole_image(mosai
     with pytest.raises(ValueError, match="instance-level decision"):
         segment_blockwise(Segmenter(ThresholdModel(), PREDICT), image, reference, tmp_path / "x.zarr",
                           BlockwiseConfig(block_size=BLOCK, progress=False), negatives=[negative])
+    model.instance.margin = 0.5
+    try:
+        with pytest.raises(ValueError, match="margin .* needs the whole image"):
+            segment_blockwise(segmenter, image, reference, tmp_path / "m.zarr", BlockwiseConfig(block_size=BLOCK))
+    finally:
+        model.instance.margin = None
     inside = np.zeros(image.shape[:2], bool)
     inside[found.candidates.labels.numpy() == int(found.candidates.cells[5])] = True
     rows, cols = np.nonzero(inside)

@@ -302,6 +302,13 @@ def test_a_generic_checkpoint_with_a_scorer_attached_is_one_model_for_segmenter_
     method = build_percs_method(args, None)
     assert method.name.startswith("PerCS-DINO instance decision (") and "threshold -1" in method.name
     np.testing.assert_array_equal(method.segment(image, image, red == 1), everything)
+    margined = build_percs_method(argparse.Namespace(**{**vars(args), "decision_margin": 0.5}), None)
+    assert "margin 0.5 from the best cell" in margined.name and margined.settings["instance"]["margin"] == 0.5
+    with pytest.raises(ValueError, match="--decision-margin: margin must be"):
+        build_percs_method(argparse.Namespace(**{**vars(args), "decision_margin": -1.0}), None)
+    with pytest.raises(ValueError, match="--decision-margin needs a model with an instance-level decision"):
+        build_percs_method(argparse.Namespace(**{**vars(args), "checkpoint": str(generic), "decision_margin": 0.5}),
+                           None)
     personal = generic_checkpoint(bench, tmp_path / "personal.pt", generic=False)
     with pytest.raises(ValueError, match="not a generic model"):
         attach_scorer(personal, tmp_path / "scorer.pt", 0.5, tmp_path / "bad.pt")

@@ -68,6 +68,29 @@ def _found_every_disk(monkeypatch, segmenter, red, green) -> None:
     monkeypatch.setattr(segmenter.predictor, "predict", lambda image, embedding=None: found)
 
 
+@pytest.mark.parametrize("margin", [0.0, 0.5, 3.0])
+def test_a_margin_keeps_the_cells_near_the_images_best_match(margin):
+    rng = np.random.default_rng(1)
+    vectors = rng.normal(size=(25, 2, 4)).astype(np.float32)
+    descriptors = torch.zeros(25, 3)
+    references = [rng.normal(size=(2, 4)).astype(np.float32) for _ in range(3)]
+    as_ref = [(torch.from_numpy(r), torch.zeros(3)) for r in references]
+    instance = InstanceScorer(None, DistanceScorer(offset=1.0), threshold=0.99)
+    instance.margin = margin
+    cells = torch.from_numpy(vectors)
+    probability, keep = instance.decide(cells, descriptors, as_ref[:2], as_ref[2:])
+    best = _logit_oracle(vectors, references[:2]).max(1)
+    rejected = _logit_oracle(vectors, references[2:]).max(1) > best
+    np.testing.assert_array_equal(keep.numpy(), (best >= best.max() - margin * (1 + 1e-6)) & ~rejected)
+    np.testing.assert_allclose(probability.numpy(), np.where(rejected, 0.0, 1 / (1 + np.exp(-best))), rtol=1e-5)
+    assert keep[int(best.argmax())] or rejected[int(best.argmax())]  # the best match is kept unless rejected
+    instance.margin = None  # back to the probability threshold, which no cell reaches here
+    assert not instance.decide(cells, descriptors, as_ref[:2])[1].any()
+    for bad in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="margin must be None or a finite number >= 0"):
+            instance.margin = bad
+
+
 def test_one_reference_as_a_list_is_the_single_reference_result(segmenters):
     segmenter, _ = segmenters
     image, red, _ = _disk_images()
@@ -185,10 +208,21 @@ def test_percs_predict_takes_several_references_and_negatives(segmenters, tmp_pa
                            (["--reference-label", "1", "--negative-label", "99"], "no cell labelled 99")):
         assert main(base + ["--out", str(tmp_path / "c"), *extra]) == 2
         assert message in capsys.readouterr().err
+    try:
+        assert main(base + ["--out", str(tmp_path / "m"), "--reference-label", "1", "--decision-margin", "0"]) == 0
+        assert segmenter.instance.margin == 0.0
+        assert (tmp_path / "m" / "image_labels.tif").is_file()
+    finally:
+        segmenter.instance.margin = None   # the module's segmenter, given back as it was
+    capsys.readouterr()
+    assert main(base + ["--out", str(tmp_path / "n"), "--reference-label", "1", "--decision-margin", "-1"]) == 2
+    assert "--decision-margin must be a finite number >= 0" in capsys.readouterr().err
     monkeypatch.setattr(Segmenter, "from_checkpoint", classmethod(lambda cls, *a, **k: plain))
     capsys.readouterr()
     assert main(base + ["--out", str(tmp_path / "d"), "--reference-label", "1", "--reference-label", "2"]) == 2
     assert "instance-level decision" in capsys.readouterr().err
+    assert main(base + ["--out", str(tmp_path / "e"), "--reference-label", "1", "--decision-margin", "1"]) == 2
+    assert "--decision-margin needs a model with an instance-level decision" in capsys.readouterr().err
 
 
 def test_the_instance_scorer_embeds_at_the_segmenters_precision(segmenters, monkeypatch):

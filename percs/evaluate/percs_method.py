@@ -37,6 +37,9 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
                             "$PERCS_SHARED/weights/dinov2_vits14_pretrain.pth, else the official download)")
     group.add_argument("--min-cell-probability", type=float, default=0.0,
                        help="drop predicted cells whose mean same-type probability is below this (default 0)")
+    group.add_argument("--decision-margin", type=float, metavar="D",
+                       help="with an instance-level model: keep the cells whose logit is within D of the image's "
+                            "best cell's, instead of those over the model's threshold (docs/type_decision.md)")
     for option, (_, kind, text) in PREDICTOR_OPTIONS.items():
         choices = PRECISION_CHOICES if option == "--precision" else None
         group.add_argument(option, type=kind, choices=choices, default=None, help=f"{text} (default: the checkpoint's)")
@@ -117,9 +120,18 @@ def build_percs_method(args: argparse.Namespace, dataset) -> PercsMethod:
                 "min_cell_probability": args.min_cell_probability}
     segmenter = Segmenter(model, predictor_config, args.min_cell_probability or None)
     instance = getattr(model, "instance", None)
+    margin = getattr(args, "decision_margin", None)
+    if margin is not None and instance is None:
+        raise ValueError("--decision-margin needs a model with an instance-level decision (this one decides pixel "
+                         "by pixel)")
     if instance is not None:
+        try:
+            instance.margin = margin
+        except ValueError as error:
+            raise ValueError(f"--decision-margin: {error}") from None
         settings["instance"] = {"layers": list(instance.layers), "embedding": instance.embedding,
-                                "threshold": instance.threshold}
+                                "threshold": instance.threshold, "margin": margin}
         name = method_name(config.model, False).replace("PerCS-DINO (", "PerCS-DINO instance decision (", 1)
-        return PercsMethod(segmenter, f"{name[:-1]}; learned cell scorer, threshold {instance.threshold:g})", settings)
+        rule = f"threshold {instance.threshold:g}" if margin is None else f"margin {margin:g} from the best cell"
+        return PercsMethod(segmenter, f"{name[:-1]}; learned cell scorer, {rule})", settings)
     return PercsMethod(segmenter, method_name(config.model, model.generic), settings)

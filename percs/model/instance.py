@@ -251,6 +251,8 @@ class InstanceScorer:
     probability from which a cell is kept; window, stride, batch_size: the "patch" embedding's sliding windows;
     window_size, context: the "window" embedding's windows (`cell_windows`); precision: the backbone passes'
     arithmetic (`percs.model.precision`; the predictor's, so that reference and cells are embedded alike).
+    margin: None (the default) keeps a cell by its own probability (`threshold`); a number >= 0 keeps instead
+    the cells whose best logit is within `margin` of the image's best cell's (`decide`).
     """
 
     def __init__(self, backbone, scorer: CellScorer | None, layers=LAYERS, embedding: str = "window",
@@ -259,9 +261,20 @@ class InstanceScorer:
         if embedding not in ("window", "patch"):
             raise ValueError(f"embedding must be 'window' or 'patch', got {embedding!r}")
         self.precision = check_precision(precision)
+        self._margin: float | None = None
         self.window_size, self.context = window_size, context
         self.backbone, self.scorer, self.layers, self.embedding = backbone, scorer, tuple(layers), embedding
         self.threshold, self.window, self.stride, self.batch_size = float(threshold), window, stride, batch_size
+
+    @property
+    def margin(self) -> float | None:
+        return self._margin
+
+    @margin.setter
+    def margin(self, value: float | None) -> None:
+        if value is not None and not (value >= 0 and value != float("inf")):
+            raise ValueError(f"margin must be None or a finite number >= 0, got {value!r}")
+        self._margin = None if value is None else float(value)
 
     @torch.no_grad()
     def reference(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -316,10 +329,18 @@ class InstanceScorer:
           best negative one: a cell more like a cell the user rejected than like every positive is dropped
           (its probability set to 0).
 
+        With a `margin`, keep is instead "best positive logit >= the image's largest one - margin": the cells
+        nearest to the references in this image, however the scorer's probabilities are calibrated for it (on
+        percs-mini, margin 0.5 chosen on val: test AP@0.5 0.184 -> 0.234; docs/type_decision.md). It always
+        keeps at least one cell, and block by block (`percs.predict.blockwise`) it keeps one in every block.
+
         One positive and no negative is exactly `probabilities` (the single-reference decision)."""
         positive = self.logits(vectors, descriptors, positives).max(1).values
         probability = torch.sigmoid(positive)
-        keep = probability >= self.threshold
+        if self.margin is None or len(positive) == 0:
+            keep = probability >= self.threshold
+        else:
+            keep = positive >= positive.max() - self.margin
         if negatives:
             rejected = self.logits(vectors, descriptors, negatives).max(1).values > positive
             probability, keep = probability.masked_fill(rejected, 0.0), keep & ~rejected

@@ -110,13 +110,16 @@ def segment_blockwise(segmenter, image, reference, labels_path: str | Path,
     the Zarr array labels_path, with the settings of config (its scheduler runs the tasks). positives,
     negatives: more positive and negative `Segmenter.reference`s, for a model with an instance-level decision.
     ValueError for a reference outside the image, a block size smaller than the overlap, several references
-    for a model that takes one, or settings that differ from an unfinished run's; ImageStoreError for an
-    unreadable store."""
+    for a model that takes one, an instance decision with a margin, or settings that differ from an unfinished
+    run's; ImageStoreError for an unreadable store."""
     source = image if isinstance(image, ImageSource) else (
         open_image(image) if isinstance(image, (str, Path)) else ImageSource.from_array(image))
     predict = segmenter.predictor.config
     if (positives or negatives) and segmenter.instance is None:
         raise ValueError("several references or negatives need a model with an instance-level decision")
+    if segmenter.instance is not None and segmenter.instance.margin is not None:
+        raise ValueError("the instance decision's margin (keep the cells near the image's best match) needs the "
+                         "whole image; block by block it would keep cells in every block: set it to None")
     mask = None if reference is None else reference.mask
     overlap = config.overlap if config.overlap is not None else default_overlap(mask, predict.window)
     grid = block_grid(source.shape, config.block_size, overlap, predict.stride)

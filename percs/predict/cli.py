@@ -29,6 +29,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if extra is not None and segmenter.instance is None:
             raise ValueError("several references or negatives need a model with an instance-level decision (the "
                              "default model has one)")
+        if args.decision_margin is not None:
+            if segmenter.instance is None:
+                raise ValueError("--decision-margin needs a model with an instance-level decision (the default "
+                                 "model has one)")
+            if blockwise is not None:
+                raise ValueError("--decision-margin needs whole images: not with large images segmented block by "
+                                 "block (it would keep cells in every block)")
+            segmenter.instance.margin = args.decision_margin
     except (CheckpointError, ValueError, OSError) as error:
         _print_errors([str(error)])
         return 2
@@ -108,6 +116,8 @@ def _checked_inputs(args: argparse.Namespace):
 
     if args.min_cell_probability is not None and not 0 <= args.min_cell_probability <= 1:
         raise _InputError([f"--min-cell-probability must be in [0, 1], got {args.min_cell_probability}"])
+    if args.decision_margin is not None and not 0 <= args.decision_margin < float("inf"):
+        raise _InputError([f"--decision-margin must be a finite number >= 0, got {args.decision_margin}"])
     try:
         resolve_device(args.device)
     except ValueError as error:
@@ -241,6 +251,10 @@ def add_predict_command(sub) -> None:
                    help="folder for <stem>_labels.tif, <stem>_overlay.png, <stem>_cells.csv, reference_overlay.png")
     p.add_argument("--min-cell-probability", type=float,
                    help="drop cells whose mean same-type probability is below this (0..1; default: keep all)")
+    p.add_argument("--decision-margin", type=float, metavar="D",
+                   help="with an instance-level model (the shipped one): keep the cells whose same-type logit is "
+                        "within D of the image's best cell's, instead of those over the model's threshold (whole "
+                        "images only; docs/type_decision.md)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     p.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default=None,  # percs.model.precision
                    help="the network's arithmetic: auto (bfloat16 on a CPU with AMX or AVX512-BF16, else float32), "
