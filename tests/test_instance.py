@@ -17,7 +17,7 @@ from percs.model.backbone import BackboneSpec, DinoVisionTransformer
 from percs.model.instance import (DESCRIPTORS, CellScorer, block_features, cell_descriptors, group_standardise,
                                   image_block_features, pad_to_grid, pool_cells)
 from percs.train.scorer import (ScorerTraining, backbone_fingerprint, batch_of, collect_pairs, fit_scorer,
-                                load_scorer, save_scorer)
+                                load_scorer, save_scorer, within_image_ranking_loss)
 from train_helpers import make_benchmark
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -166,6 +166,37 @@ def test_fit_scorer_learns_a_metric_on_the_vectors_and_round_trips_through_its_f
         load_scorer(tmp_path / "other.pt")
     with pytest.raises(ValueError, match="does not exist"):
         load_scorer(tmp_path / "missing.pt")
+
+
+def test_within_image_ranking_loss_against_a_loop_over_crops():
+    rng = np.random.default_rng(4)
+    logits = torch.tensor(rng.normal(size=40), dtype=torch.float32)
+    targets = torch.tensor(rng.random(40) < 0.3, dtype=torch.float32)
+    groups = torch.tensor(np.sort(rng.integers(0, 6, 40)))
+    targets[groups == 2] = 1.0                          # a crop of one class: no pair, left out
+    expected = []
+    for g in groups.unique():
+        z, y = logits[groups == g].numpy(), targets[groups == g].numpy() > 0.5
+        if y.any() and (~y).any():
+            expected.append(np.log1p(np.exp(z[~y][None, :] - z[y][:, None])).mean())
+    torch.testing.assert_close(within_image_ranking_loss(logits, targets, groups),
+                               torch.tensor(float(np.mean(expected))), rtol=1e-5, atol=1e-6)
+    assert float(within_image_ranking_loss(logits, torch.ones(40), groups)) == 0.0
+    # the loss depends on each crop's order, not on its level: a constant per crop changes nothing
+    shifted = logits + torch.tensor(rng.normal(size=6), dtype=torch.float32)[groups] * 5
+    torch.testing.assert_close(within_image_ranking_loss(shifted, targets, groups),
+                               within_image_ranking_loss(logits, targets, groups), rtol=1e-4, atol=1e-5)
+
+
+def test_fit_scorer_with_the_ranking_term_learns_the_metric_too():
+    scorer = fit_scorer(_separable_pairs(200, 0), ScorerTraining(epochs=4, layers=(1, 2), rank_weight=5.0),
+                        progress=False)
+    cells, references, descriptors, reference_descriptors, groups, targets = batch_of(_separable_pairs(40, 1))
+    with torch.no_grad():
+        logits = scorer(cells, references, descriptors, reference_descriptors, groups)
+    assert _auc(logits.numpy(), targets.numpy() > 0) > 0.95
+    with pytest.raises(ValueError, match="rank_weight must be a finite number >= 0"):
+        ScorerTraining(rank_weight=-1.0)
 
 
 def test_fit_scorer_refuses_one_class_pairs():

@@ -36,7 +36,9 @@ class ScorerTraining:
     with decoupled weight decay); width, hidden, dropout: the scorer's shape; layers: DINOv2 blocks read;
     reference_sampling: see `collect_pairs`; embedding: how a cell becomes vectors, "window" (each cell alone
     at one scale, `percs.model.instance.cell_vectors`) or "patch" (the image's features pooled under it);
-    window_size, context: the window embedding's window in pixels and its side over the cell's diameter."""
+    window_size, context: the window embedding's window in pixels and its side over the cell's diameter;
+    rank_weight: the weight of `within_image_ranking_loss` added to the binary cross-entropy (0: the
+    cross-entropy alone, as before; docs/type_decision.md measures it)."""
 
     items: int = 3000
     epochs: int = 1
@@ -52,6 +54,7 @@ class ScorerTraining:
     window_size: int = 56
     context: float = 2.0
     seed: int = 0
+    rank_weight: float = 0.0
 
     def __post_init__(self) -> None:
         for key in ("items", "epochs", "batch_crops", "width", "hidden"):
@@ -61,6 +64,8 @@ class ScorerTraining:
             raise ValueError(f"embedding must be one of {EMBEDDINGS}, got {self.embedding!r}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if not 0 <= self.rank_weight < math.inf:
+            raise ValueError(f"rank_weight must be a finite number >= 0, got {self.rank_weight!r}")
 
 
 @torch.no_grad()
@@ -113,9 +118,28 @@ def batch_of(pairs: list[dict]) -> tuple[torch.Tensor, ...]:
     return cells, references, descriptors, reference_descriptors, groups, targets
 
 
+def within_image_ranking_loss(logits: torch.Tensor, targets: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """Mean over the groups (crops) that hold both classes of the mean of softplus(z_n - z_p) over their
+    (same-type p, other-type n) cell pairs: logits, targets (N,), groups (N,) int64. 0 without such a group.
+
+    The instance decision is made within one image (and by a margin from the image's best cell, `decide`):
+    this asks each crop's same-type cells to score above its other cells, whatever the crop's overall level,
+    which the per-cell cross-entropy does not."""
+    positive, negative = targets > 0.5, targets < 0.5
+    pairs = (groups[:, None] == groups[None, :]) & positive[:, None] & negative[None, :]   # [p, n]
+    if not pairs.any():
+        return logits.new_zeros(())
+    losses = F.softplus(logits[None, :] - logits[:, None])                                   # [p, n]: z_n - z_p
+    n_groups = int(groups.max()) + 1
+    count = logits.new_zeros(n_groups).index_add_(0, groups, pairs.sum(1).to(logits.dtype))
+    total = logits.new_zeros(n_groups).index_add_(0, groups, (losses * pairs).sum(1))
+    held = count > 0
+    return (total[held] / count[held]).mean()
+
+
 def fit_scorer(pairs: list[dict], settings: ScorerTraining = ScorerTraining(), progress: bool = True) -> CellScorer:
     """A CellScorer fitted on `collect_pairs` output (binary cross-entropy, positives weighted by the
-    negative/positive ratio), returned in eval mode."""
+    negative/positive ratio, plus rank_weight x `within_image_ranking_loss`), returned in eval mode."""
     from tqdm import tqdm
 
     generator = torch.Generator().manual_seed(settings.seed)
@@ -138,6 +162,8 @@ def fit_scorer(pairs: list[dict], settings: ScorerTraining = ScorerTraining(), p
                 [pairs[i] for i in order[start : start + settings.batch_crops]])
             logits = scorer(cells, references, descriptors, reference_descriptors, groups)
             loss = F.binary_cross_entropy_with_logits(logits, targets, pos_weight=weight)
+            if settings.rank_weight:
+                loss = loss + settings.rank_weight * within_image_ranking_loss(logits, targets, groups)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
