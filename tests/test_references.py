@@ -18,14 +18,20 @@ def _logit_oracle(vectors: np.ndarray, references: list[np.ndarray]) -> np.ndarr
     return np.stack([1.0 - ((vectors - r[None]) ** 2).sum((1, 2)) for r in references], 1)
 
 
-def test_decide_keeps_the_best_positive_match_unless_a_negative_matches_better():
-    rng = np.random.default_rng(0)
-    vectors = rng.normal(size=(30, 2, 4)).astype(np.float32)
-    descriptors = torch.zeros(30, 3)
-    references = [rng.normal(size=(2, 4)).astype(np.float32) for _ in range(5)]
+def _random_candidates(seed: int, n_cells: int, n_references: int, threshold: float):
+    """(vectors (N, 2, 4) float32, cells (their tensor), descriptors (N, 3) zeros, references [(2, 4)], the same
+    as References [(vectors, descriptors)], an InstanceScorer of the DistanceScorer at threshold): random
+    candidates whose logits `_logit_oracle` computes."""
+    rng = np.random.default_rng(seed)
+    vectors = rng.normal(size=(n_cells, 2, 4)).astype(np.float32)
+    references = [rng.normal(size=(2, 4)).astype(np.float32) for _ in range(n_references)]
     as_ref = [(torch.from_numpy(r), torch.zeros(3)) for r in references]
-    instance = InstanceScorer(None, DistanceScorer(offset=1.0), threshold=0.2)
-    cells = torch.from_numpy(vectors)
+    instance = InstanceScorer(None, DistanceScorer(offset=1.0), threshold=threshold)
+    return vectors, torch.from_numpy(vectors), torch.zeros(n_cells, 3), references, as_ref, instance
+
+
+def test_decide_keeps_the_best_positive_match_unless_a_negative_matches_better():
+    vectors, cells, descriptors, references, as_ref, instance = _random_candidates(0, 30, 5, threshold=0.2)
     for positives, negatives in (([0], []), ([0, 1, 2], []), ([0], [3]), ([0, 1], [3, 4]), ([2], [0, 1, 3, 4])):
         probability, keep = instance.decide(cells, descriptors, [as_ref[i] for i in positives],
                                             [as_ref[i] for i in negatives])
@@ -70,14 +76,8 @@ def _found_every_disk(monkeypatch, segmenter, red, green) -> None:
 
 @pytest.mark.parametrize("margin", [0.0, 0.5, 3.0])
 def test_a_margin_keeps_the_cells_near_the_images_best_match(margin):
-    rng = np.random.default_rng(1)
-    vectors = rng.normal(size=(25, 2, 4)).astype(np.float32)
-    descriptors = torch.zeros(25, 3)
-    references = [rng.normal(size=(2, 4)).astype(np.float32) for _ in range(3)]
-    as_ref = [(torch.from_numpy(r), torch.zeros(3)) for r in references]
-    instance = InstanceScorer(None, DistanceScorer(offset=1.0), threshold=0.99)
+    vectors, cells, descriptors, references, as_ref, instance = _random_candidates(1, 25, 3, threshold=0.99)
     instance.margin = margin
-    cells = torch.from_numpy(vectors)
     probability, keep = instance.decide(cells, descriptors, as_ref[:2], as_ref[2:])
     best = _logit_oracle(vectors, references[:2]).max(1)
     rejected = _logit_oracle(vectors, references[2:]).max(1) > best

@@ -113,10 +113,11 @@ def build_percs_method(args: argparse.Namespace, dataset) -> PercsMethod:
     overrides = {key: getattr(args, option[2:].replace("-", "_")) for option, (key, _, _) in PREDICTOR_OPTIONS.items()}
     predictor_config = dataclasses.replace(config.predict, **{k: v for k, v in overrides.items() if v is not None})
     path = checkpoint or default_model()
+    model_device = next(model.parameters()).device
     settings = {"checkpoint": str(path), "checkpoint_sha256": sha256(path),
-                "device": str(next(model.parameters()).device), "model": dataclasses.asdict(config.model),
+                "device": str(model_device), "model": dataclasses.asdict(config.model),
                 "predictor": dataclasses.asdict(predictor_config),
-                "precision": resolve_precision(predictor_config.precision, next(model.parameters()).device),
+                "precision": resolve_precision(predictor_config.precision, model_device),
                 "min_cell_probability": args.min_cell_probability}
     segmenter = Segmenter(model, predictor_config, args.min_cell_probability or None)
     instance = getattr(model, "instance", None)
