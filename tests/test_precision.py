@@ -8,6 +8,9 @@ import pytest
 import torch
 from model_helpers import tiny_model
 
+import percs.model.backbone as backbone_module
+from percs.model.backbone import bfloat16_attention
+from percs.model.decoder import LayoutGELU
 from percs.model.instance import InstanceScorer
 from percs.model.precision import PRECISIONS, check_precision, inference_precision, native_bfloat16, resolve_precision
 from percs.predict import Predictor, PredictorConfig
@@ -78,6 +81,49 @@ def test_the_decoder_in_eval_mode_decodes_each_window_as_the_batch_does():
         single = decoder(fused[1:2], images[1:2])
     torch.testing.assert_close(one_by_one, batched, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(one_by_one[1:2], single, rtol=0, atol=0)
+
+
+def test_bfloat16_attention_is_scaled_dot_product_attention():
+    generator = torch.Generator().manual_seed(4)
+    query, key, value = (torch.randn(2, 3, 17, 8, generator=generator) for _ in range(3))
+    exact = torch.nn.functional.scaled_dot_product_attention(query, key, value)
+    torch.testing.assert_close(bfloat16_attention(query, key, value), exact, rtol=1e-5, atol=1e-6)
+    lowered = bfloat16_attention(query.bfloat16(), key.bfloat16(), value.bfloat16())
+    assert lowered.dtype == torch.bfloat16
+    assert float((lowered.float() - exact).norm() / exact.norm()) < 0.02
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # inside autocast the softmax stays bfloat16 too
+        assert bfloat16_attention(query.bfloat16(), key.bfloat16(), value.bfloat16()).dtype == torch.bfloat16
+
+
+def test_the_backbone_under_bfloat16_autocast_attends_with_bfloat16_attention(monkeypatch):
+    backbone = tiny_model().backbone.eval()
+    images = torch.randn(2, 3, 28, 42, generator=torch.Generator().manual_seed(5))
+    calls = []
+
+    def counted(query, key, value):
+        calls.append(query.dtype)
+        return bfloat16_attention(query, key, value)
+
+    monkeypatch.setattr(backbone_module, "bfloat16_attention", counted)
+    with torch.no_grad():
+        exact = backbone(images).features
+        assert calls == []  # float32 keeps torch's fused attention
+        with inference_precision("bfloat16", torch.device("cpu")):
+            lowered = backbone(images).features
+    assert calls and set(calls) == {torch.bfloat16}
+    assert float((lowered.float() - exact).norm() / exact.norm()) < 0.03
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_layout_gelu_is_gelu_and_keeps_channels_last(dtype):
+    tensor = torch.randn(2, 5, 7, 6, generator=torch.Generator().manual_seed(6)).to(dtype)
+    exact = torch.nn.functional.gelu(tensor.float())
+    tolerance = {"rtol": 1e-6, "atol": 1e-7} if dtype == torch.float32 else {"rtol": 1e-2, "atol": 1e-2}
+    for layout in (torch.contiguous_format, torch.channels_last):
+        out = LayoutGELU()(tensor.contiguous(memory_format=layout))
+        assert out.dtype == dtype and out.is_contiguous(memory_format=layout)
+        torch.testing.assert_close(out.float(), exact, **tolerance)
+    assert torch.equal(LayoutGELU()(tensor), torch.nn.GELU()(tensor))  # contiguous input: nn.GELU itself
 
 
 def test_instance_scorer_embeds_reference_and_cells_at_its_precision():
