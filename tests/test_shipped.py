@@ -56,6 +56,30 @@ def test_a_head_only_model_loads_with_its_backbone_and_segments_as_the_whole_one
     assert result.labels.shape == image.shape[:2] and result.candidates is not None
 
 
+def test_a_scorer_attaches_to_a_head_only_file_with_its_backbone_weights(exported, monkeypatch, tmp_path):
+    from percs.model.instance import CellScorer
+    from percs.train.scorer import ScorerTraining, attach_scorer, load_scorer, save_scorer
+
+    _, head, weights = exported
+    monkeypatch.delenv("PERCS_SHARED", raising=False)
+    fingerprint = load_checkpoint(head)["head_only"]["backbone_fingerprint"]
+    torch.manual_seed(1)
+    save_scorer(tmp_path / "new.pt", CellScorer(1, 32).eval(), ScorerTraining(layers=(1,), epochs=1), "vits14",
+                {"dataset": "tiny"}, 0.0, fingerprint)
+    with pytest.raises(ModelLoadError, match="--backbone-weights"):  # no weights: the message says where they go
+        attach_scorer(head, tmp_path / "new.pt", 0.6, tmp_path / "out.pt")
+    attach_scorer(head, tmp_path / "new.pt", 0.6, tmp_path / "out.pt", weights)
+    state, before = load_checkpoint(tmp_path / "out.pt"), load_checkpoint(head)
+    assert state["head_only"] == before["head_only"] and state["model"].keys() == before["model"].keys()
+    assert state["instance"]["threshold"] == 0.6
+    new_scorer, _ = load_scorer(tmp_path / "new.pt", "cpu")
+    for name, value in new_scorer.state_dict().items():   # the new scorer, in float16 like the head
+        assert state["instance"]["scorer"][name].dtype == torch.float16
+        torch.testing.assert_close(state["instance"]["scorer"][name], value.half(), rtol=0, atol=0)
+    segmenter = Segmenter.from_checkpoint(tmp_path / "out.pt", "cpu", backbone_weights=weights)
+    assert segmenter.instance.threshold == 0.6
+
+
 def test_the_backbone_comes_from_the_option_then_percs_shared_then_the_download(exported, monkeypatch, tmp_path):
     import percs.model.backbone_weights as backbone_weights
 

@@ -28,14 +28,15 @@ from percs.flows import renumber
 class PercsGenericMasks:
     """Masks of every cell from a generic percs checkpoint (see the module docstring)."""
 
-    def __init__(self, checkpoint: str | Path, device: str | torch.device = "auto"):
+    def __init__(self, checkpoint: str | Path, device: str | torch.device = "auto",
+                 backbone_weights: str | Path | None = None):
         from percs.api import load_model
         from percs.predict import Predictor
 
         path = Path(checkpoint)
         if not path.is_file():
             raise MethodUnavailable(f"--generic-checkpoint {path} does not exist (or is not a file)")
-        model, config = load_model(path, device)
+        model, config = load_model(path, device, backbone_weights)  # backbone_weights: for a head-only file
         if not model.generic:
             raise ValueError(f"--generic-checkpoint {path} is a personalized model (model.head.generic=false); "
                              "the filter baseline needs one trained with --set model.head.generic=true")

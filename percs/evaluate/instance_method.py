@@ -106,7 +106,7 @@ def build_instance(args: argparse.Namespace, dataset=None) -> InstanceDecision:
     if args.scorer_threshold is None and dataset is None:
         raise ValueError("--scorer-threshold is required without a dataset to choose it on")
     device = resolve_device(getattr(args, "device", "auto"))
-    source = PercsGenericMasks(args.generic_checkpoint, device)
+    source = PercsGenericMasks(args.generic_checkpoint, device, getattr(args, "backbone_weights", None))
     scorer, record = load_scorer(args.scorer, device)
     fingerprint = backbone_fingerprint(source.predictor.model.backbone)
     if record.get("backbone_fingerprint") not in (None, fingerprint):
@@ -127,12 +127,12 @@ def build_instance(args: argparse.Namespace, dataset=None) -> InstanceDecision:
 
 
 def tune_threshold(generic_checkpoint, scorer, dataset_path, max_queries: int = 0,
-                   device: str = "auto") -> tuple[float, float]:
+                   device: str = "auto", backbone_weights=None) -> tuple[float, float]:
     """(threshold, its mean AP@0.5): the scorer's threshold chosen on the val split of `dataset_path` as
-    `percs eval --method percs-instance` chooses it."""
+    `percs eval --method percs-instance` chooses it. backbone_weights: for a head-only generic model file."""
     from percs.data.format import load_dataset
 
     args = argparse.Namespace(generic_checkpoint=str(generic_checkpoint), scorer=str(scorer), scorer_threshold=None,
-                              scorer_val_queries=max_queries, device=device)
+                              scorer_val_queries=max_queries, device=device, backbone_weights=backbone_weights)
     method = build_instance(args, load_dataset(dataset_path))
     return method.threshold, method.settings["val_mean_ap50_by_threshold"][method.threshold]

@@ -68,9 +68,10 @@ def cmd_train_scorer(args: argparse.Namespace) -> int:
 
             threshold = args.threshold
             if threshold is None:
-                threshold, ap = tune_threshold(args.generic_checkpoint, args.out, args.data, args.val_queries)
+                threshold, ap = tune_threshold(args.generic_checkpoint, args.out, args.data, args.val_queries,
+                                               backbone_weights=args.backbone_weights)
                 print(f"threshold {threshold:g} chosen on val (mean AP@0.5 {ap:.3f})")
-            attach_scorer(args.generic_checkpoint, args.out, threshold, args.model_out)
+            attach_scorer(args.generic_checkpoint, args.out, threshold, args.model_out, args.backbone_weights)
             print(f"wrote {args.model_out}: {args.generic_checkpoint} with the scorer attached (percs predict, "
                   "percs eval --method percs and Segmenter load it)")
     except (ValueError, OSError) as error:
@@ -134,7 +135,8 @@ def add_train_scorer_command(sub) -> None:
     p.add_argument("--out", required=True, help="the scorer file to write (a .sha256 file is written beside it)")
     p.add_argument("--generic-checkpoint", metavar="FILE",
                    help="a generic percs model (model.head.generic=true) on the same frozen backbone: with "
-                        "--model-out, also write it with the scorer attached, one model file")
+                        "--model-out, also write it with the scorer attached, one model file (a head-only file, "
+                        "such as the shipped model, takes its backbone from --backbone-weights)")
     p.add_argument("--model-out", metavar="FILE", help="where to write the model with the scorer attached")
     p.add_argument("--threshold", type=float,
                    help="the attached scorer's probability threshold (default: chosen on --data's val split)")

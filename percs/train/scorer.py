@@ -262,15 +262,20 @@ def instance_record(scorer_path: str | Path, threshold: float) -> dict:
     return dict(record, threshold=float(threshold))
 
 
-def attach_scorer(generic_checkpoint: str | Path, scorer_path: str | Path, threshold: float, out: str | Path) -> None:
+def attach_scorer(generic_checkpoint: str | Path, scorer_path: str | Path, threshold: float, out: str | Path,
+                  backbone_weights: str | Path | None = None) -> None:
     """Writes `out`: the generic percs checkpoint with the scorer attached (`instance_record`), one file that
     `percs predict`, `percs eval --method percs` and `Segmenter.from_checkpoint` load as a model that finds
     every cell and keeps those the scorer gives a probability >= threshold. The scorer must have been trained
-    on the checkpoint's frozen backbone (fingerprints compared); the checkpoint must be generic."""
+    on the checkpoint's frozen backbone (fingerprints compared); the checkpoint must be generic. A head-only
+    model file (`percs export-model`, the shipped model) may take the place of the checkpoint, its backbone
+    from backbone_weights (as `load_model`); its scorer then replaces any attached one and is stored in float16
+    like the rest of its head."""
     from percs.predict.api import load_model
+    from percs.predict.shipped import HEAD_ONLY
     from percs.train.checkpoint import load_checkpoint, save_checkpoint
 
-    model, _ = load_model(generic_checkpoint, "cpu")
+    model, _ = load_model(generic_checkpoint, "cpu", backbone_weights)
     if not model.generic:
         raise ValueError(f"{generic_checkpoint} is not a generic model (model.head.generic=false): the instance "
                          "decision scores the cells a generic model finds")
@@ -279,6 +284,8 @@ def attach_scorer(generic_checkpoint: str | Path, scorer_path: str | Path, thres
     if expected is not None and expected != backbone_fingerprint(model.backbone):
         raise ValueError(f"scorer {scorer_path} was trained on other backbone weights than {generic_checkpoint}'s")
     state = load_checkpoint(generic_checkpoint)
+    if HEAD_ONLY in state:
+        record["scorer"] = {k: v.half() if v.is_floating_point() else v for k, v in record["scorer"].items()}
     state["instance"] = record
     save_checkpoint(state, out)
 
