@@ -67,10 +67,10 @@ class FlowDecoder(nn.Module):
         With a detail branch, eval mode decodes one window at a time: the full-resolution concatenation of
         upsampled tokens and detail channels of one window is reused from the CPU's cache, a batch's (150 MB at
         8 windows of 224) is not; this makes the decoder 1.4x faster on a 2-core CPU (bench/README.md), and
-        makes no difference without the branch. Each window's output is the one the batch gives. Training
+        makes no difference without the branch. Each window's output is the batch's up to rounding. Training
         decodes the batch at once (its backward pass holds every activation anyway). Each window goes through
-        in channels-last layout, which oneDNN's convolutions take without reordering (1.2x on this decoder in
-        bfloat16 and float32, with `LayoutGELU`); the output is contiguous."""
+        in channels-last layout, which oneDNN's convolutions take without reordering (1.3x on this decoder in
+        bfloat16 and float32, with `LayoutGELU`; docs/large_images.md); the output is contiguous."""
         if not self.training and self.detail is not None:
             return torch.cat([self._decode(_channels_last(fused, i), _channels_last(images, i))
                               for i in range(len(fused))]).contiguous()
