@@ -36,6 +36,20 @@ def _cuda_unusable_reasons(devices: int) -> list[str]:
     return reasons
 
 
+def cpu_precision() -> dict:
+    """What the default `predict.precision` ("auto", `percs.model.precision`) runs on this machine's CPU, and why."""
+    import torch
+
+    from percs.model.precision import resolve_precision
+
+    features = [name for name, probe in (("AMX", "_is_amx_tile_supported"), ("AVX512-BF16", "_is_avx512_bf16_supported"))
+                if bool(getattr(torch.cpu, probe, lambda: False)())]
+    why = (f"the CPU computes bfloat16 in hardware ({', '.join(features)})" if features
+           else "the CPU has no AMX or AVX512-BF16: bfloat16 would be emulated, slower than float32")
+    return {"auto": resolve_precision("auto", torch.device("cpu")), "because": why,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
+
 def info() -> dict:
     """A JSON-ready description of the installation."""
     try:
@@ -44,10 +58,13 @@ def info() -> dict:
         torch_version, torch_cuda = torch.__version__, torch.version.cuda
     except ImportError:
         torch_version = torch_cuda = None
-    return {
+    report = {
         "percs": __version__,
         "python": platform.python_version(),
         "torch": torch_version,
         "torch_cuda": torch_cuda,
         "backends": backends(),
     }
+    if torch_version is not None:
+        report["inference_precision_on_cpu"] = cpu_precision()
+    return report

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from percs import _backend
@@ -50,6 +51,21 @@ def test_info_says_which_backends_are_compiled_and_usable(capsys):
         assert "CPU-only build" in cuda["not_usable_because"]
     if not cuda["compiled"]:
         assert "percs._cuda was not compiled" in cuda["not_usable_because"]
+
+
+@pytest.mark.parametrize("amx, avx512_bf16", [(False, False), (False, True), (True, False)])
+def test_info_says_what_auto_precision_runs_on_this_cpu(capsys, monkeypatch, amx, avx512_bf16):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    assert main(["info"]) == 0
+    report = json.loads(capsys.readouterr().out)["inference_precision_on_cpu"]
+    assert report["auto"] == ("bfloat16" if amx or avx512_bf16 else "float32")
+    features = [name for name, present in (("AMX", amx), ("AVX512-BF16", avx512_bf16)) if present]
+    if features:
+        assert report["because"].endswith(f"in hardware ({', '.join(features)})")
+    else:
+        assert "no AMX or AVX512-BF16" in report["because"]
+    assert report["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
 
 
 def test_console_module_runs(tmp_path):
