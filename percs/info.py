@@ -40,10 +40,9 @@ def cpu_precision() -> dict:
     """What the default `predict.precision` ("auto", `percs.model.precision`) runs on this machine's CPU, and why."""
     import torch
 
-    from percs.model.precision import resolve_precision
+    from percs.model.precision import cpu_bfloat16_features, resolve_precision
 
-    features = [name for name, probe in (("AMX", "_is_amx_tile_supported"), ("AVX512-BF16", "_is_avx512_bf16_supported"))
-                if bool(getattr(torch.cpu, probe, lambda: False)())]
+    features = cpu_bfloat16_features()
     why = (f"the CPU computes bfloat16 in hardware ({', '.join(features)})" if features
            else "the CPU has no AMX or AVX512-BF16: bfloat16 would be emulated, slower than float32")
     return {"auto": resolve_precision("auto", torch.device("cpu")), "because": why,

@@ -90,4 +90,3 @@ class FlowDecoder(nn.Module):
 def _channels_last(tensor: torch.Tensor | None, index: int) -> torch.Tensor | None:
     """Window `index` of tensor (kept 4-D) in channels-last layout; None stays None."""
     return None if tensor is None else tensor[index : index + 1].contiguous(memory_format=torch.channels_last)
-

@@ -24,12 +24,16 @@ def check_precision(precision: str, name: str = "precision") -> str:
     return precision
 
 
+def cpu_bfloat16_features() -> list[str]:
+    """The CPU's bfloat16 matrix instructions torch can use: a sublist of ["AMX", "AVX512-BF16"]."""
+    # torch's probes are private but stable since torch 2.3
+    probes = (("AMX", "_is_amx_tile_supported"), ("AVX512-BF16", "_is_avx512_bf16_supported"))
+    return [name for name, probe in probes if bool(getattr(torch.cpu, probe, lambda: False)())]
+
+
 def native_bfloat16(device: torch.device) -> bool:
     """Whether device is a CPU with bfloat16 matrix instructions (AMX tiles or AVX512-BF16)."""
-    if torch.device(device).type != "cpu":
-        return False
-    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # private but stable since torch 2.3
-    return any(bool(getattr(torch.cpu, probe, lambda: False)()) for probe in probes)
+    return torch.device(device).type == "cpu" and bool(cpu_bfloat16_features())
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:

@@ -53,10 +53,15 @@ def export_head(checkpoint: str | Path, out: str | Path) -> dict:
                 "trained_on": state.get("trained_on"), HEAD_ONLY: record}
     if state.get("instance") is not None:
         instance = dict(state["instance"])
-        instance["scorer"] = {k: _half(v) for k, v in instance["scorer"].items()}
+        instance["scorer"] = half_state(instance["scorer"])
         exported["instance"] = instance
     save_checkpoint(exported, out)
     return record
+
+
+def half_state(state: dict) -> dict:
+    """A state dict with its floating-point tensors in float16 (how head-only files store the head and scorer)."""
+    return {k: _half(v) for k, v in state.items()}
 
 
 def _half(tensor: torch.Tensor) -> torch.Tensor:

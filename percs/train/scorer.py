@@ -272,7 +272,7 @@ def attach_scorer(generic_checkpoint: str | Path, scorer_path: str | Path, thres
     from backbone_weights (as `load_model`); its scorer then replaces any attached one and is stored in float16
     like the rest of its head."""
     from percs.predict.api import load_model
-    from percs.predict.shipped import HEAD_ONLY
+    from percs.predict.shipped import HEAD_ONLY, half_state
     from percs.train.checkpoint import load_checkpoint, save_checkpoint
 
     model, _ = load_model(generic_checkpoint, "cpu", backbone_weights)
@@ -285,7 +285,7 @@ def attach_scorer(generic_checkpoint: str | Path, scorer_path: str | Path, thres
         raise ValueError(f"scorer {scorer_path} was trained on other backbone weights than {generic_checkpoint}'s")
     state = load_checkpoint(generic_checkpoint)
     if HEAD_ONLY in state:
-        record["scorer"] = {k: v.half() if v.is_floating_point() else v for k, v in record["scorer"].items()}
+        record["scorer"] = half_state(record["scorer"])
     state["instance"] = record
     save_checkpoint(state, out)
 
