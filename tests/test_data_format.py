@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import struct
+import sys
+import threading
 import zlib
 from pathlib import Path
 
@@ -14,7 +16,7 @@ from PIL import Image
 from conftest import data_dir
 from percs.data.format import (CellType, DatasetError, DatasetWriter, Query, canonical_labels, load_dataset,
                                write_dataset)
-from percs.data.io import DataFileError, read_image, read_label_file, to_label_image
+from percs.data.io import DataFileError, load_npy, read_image, read_label_file, read_npz, to_label_image
 from percs.data.png16 import read_png16
 from percs.flows import renumber
 from percs.synthetic_labels import scramble_labels, touching_cells
@@ -271,6 +273,52 @@ def test_unreadable_files_are_named(tmp_path):
             read_label_file(tmp_path / name)
     with pytest.raises(DataFileError, match="unsupported image suffix"):
         read_image(tmp_path / "x.bmp")
+
+
+
+class _Finalised:
+    """Garbage whose finaliser runs Python code, so a thread can be switched out in the middle of a header parse
+    (what dask's workers do all the time)."""
+
+    def __del__(self):
+        sum(range(50))
+
+
+def test_npy_and_npz_reads_hold_from_several_threads(tmp_path):
+    # Unlocked, np.load from four threads fails here within a second on CPython 3.11 with "SystemError: AST
+    # constructor recursion depth mismatch" (python/cpython#106905): this failed percs' blockwise CI run.
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        arrays = dict(labels=np.arange(12, dtype=np.int32).reshape(3, 4), origin=np.array([5, 7]))
+        np.savez_compressed(tmp_path / "a.npz", **arrays)
+        np.save(tmp_path / "b.npy", arrays["labels"])
+        errors = []
+
+        def read():
+            try:
+                for _ in range(600):
+                    garbage = _Finalised()
+                    garbage.cycle = garbage
+                    del garbage
+                    saved = read_npz(tmp_path / "a.npz")
+                    assert saved.keys() == arrays.keys()
+                    assert all(np.array_equal(saved[k], arrays[k]) for k in arrays)
+                    assert np.array_equal(load_npy(tmp_path / "b.npy"), arrays["labels"])
+            except Exception as error:  # noqa: BLE001 - reported below
+                errors.append(repr(error))
+
+        threads = [threading.Thread(target=read) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert errors == []
+    assert list(read_npz(tmp_path / "a.npz", ("origin",))) == ["origin"]
+    with pytest.raises(KeyError, match="a.npz: has no array 'cut'"):
+        read_npz(tmp_path / "a.npz", ("origin", "cut"))
 
 
 # 16-bit colour PNGs, which Pillow reads as 8 bit

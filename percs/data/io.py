@@ -6,6 +6,7 @@ Every error raised here is a `DataFileError` whose message starts with the path 
 from __future__ import annotations
 
 import hashlib
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,31 @@ class DataFileError(ValueError):
     def __init__(self, path: Path | str, problem: str):
         super().__init__(f"{path}: {problem}")
         self.path = Path(path)
+
+
+# np.load parses each .npy header with ast.literal_eval, and CPython 3.11 keeps the AST builder's recursion
+# counter per interpreter: two threads parsing at once (dask's threaded workers, a distributed cluster run in
+# process) can fail with "SystemError: AST constructor recursion depth mismatch" (python/cpython#106905).
+# Every .npy / .npz read in percs goes through this lock.
+_NPY_HEADER_LOCK = threading.Lock()
+
+
+def load_npy(path: Path | str, mmap_mode: str | None = None) -> np.ndarray:
+    """np.load of one .npy file (no pickles), safe to call from several threads at once."""
+    with _NPY_HEADER_LOCK:
+        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+
+
+def read_npz(path: Path | str, keys: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+    """The arrays of an .npz file (all, or `keys`), read into memory; safe to call from several threads at once.
+
+    Raises KeyError naming the array when one of `keys` is not in the file.
+    """
+    with _NPY_HEADER_LOCK, np.load(path, allow_pickle=False) as saved:
+        missing = [key for key in keys or () if key not in saved.files]
+        if missing:
+            raise KeyError(f"{path}: has no array {missing[0]!r} (holds {saved.files})")
+        return {key: saved[key] for key in (saved.files if keys is None else keys)}
 
 
 def sha256(path: Path) -> str:
@@ -114,7 +140,7 @@ def read_label_file(path: Path | str, mat_key: str = "inst_map") -> np.ndarray:
         if suffix in (".tif", ".tiff"):
             return _read_tiff(path)
         if suffix == ".npy":
-            return np.load(path, allow_pickle=False)
+            return load_npy(path)
         if suffix == ".mat":
             arrays = read_mat(path)
             if mat_key not in arrays:

@@ -25,7 +25,7 @@ import numpy as np
 
 from percs.data.format import Dataset
 from percs.data.importing import ImportOptions, ImportWriter
-from percs.data.io import DataFileError
+from percs.data.io import DataFileError, load_npy
 
 PANNUKE_CLASSES = ("neoplastic", "inflammatory", "connective", "dead", "epithelial")
 DEFAULT_FOLD_SPLITS = {1: "train", 2: "train", 3: "test"}
@@ -54,7 +54,7 @@ def fold_arrays(fold_dir: Path, fold: int) -> tuple[np.ndarray, np.ndarray, np.n
         if not path.is_file():
             raise DataFileError(path, "is missing (PanNuke release layout expected)")
         try:
-            arrays.append(np.load(path, mmap_mode=None if path.name == "types.npy" else "r", allow_pickle=False))
+            arrays.append(load_npy(path, mmap_mode=None if path.name == "types.npy" else "r"))
         except Exception as error:
             raise DataFileError(path, f"cannot read ({type(error).__name__}: {error})") from error
     images, masks, types = arrays

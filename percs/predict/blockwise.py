@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from percs.data.io import read_npz
 from percs.predict.blocks import (Block, OwnedCells, assemble_core, block_grid, closing_lookup, global_ids,
                                   neighbours, owned_cells)
 from percs.predict.dask_runner import DaskRunner
@@ -230,9 +231,9 @@ def predict_block(block: Block, inputs: BlockInputs) -> OwnedCells:
         np.savez_compressed(partial, labels=owned.labels, origin=np.asarray(owned.origin), anchors=owned.anchors,
                             scores=owned.scores, cut=owned.cut)
         partial.replace(path)
-    with np.load(path) as saved:
-        return OwnedCells(np.zeros((0, 0), np.int32), tuple(saved["origin"]), saved["anchors"], saved["scores"],
-                          saved["cut"])
+    saved = read_npz(path, ("origin", "anchors", "scores", "cut"))
+    return OwnedCells(np.zeros((0, 0), np.int32), tuple(saved["origin"]), saved["anchors"], saved["scores"],
+                      saved["cut"])
 
 
 def stitch_core(job: tuple[Block, list[tuple[str, np.ndarray]]], inputs: BlockInputs):
@@ -243,8 +244,8 @@ def stitch_core(job: tuple[Block, list[tuple[str, np.ndarray]]], inputs: BlockIn
     block, parts = job
     loaded = []
     for name, lookup in parts:
-        with np.load(Path(inputs.scratch) / f"{name}.npz") as saved:
-            loaded.append((saved["labels"], tuple(saved["origin"]), lookup))
+        saved = read_npz(Path(inputs.scratch) / f"{name}.npz", ("labels", "origin"))
+        loaded.append((saved["labels"], tuple(saved["origin"]), lookup))
     core = assemble_core(block.core, loaded)
     y0, y1, x0, x1 = block.core
     zarr.open_array(inputs.labels, mode="r+")[y0:y1, x0:x1] = core
