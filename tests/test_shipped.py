@@ -80,6 +80,27 @@ def test_a_scorer_attaches_to_a_head_only_file_with_its_backbone_weights(exporte
     assert segmenter.instance.threshold == 0.6
 
 
+
+def test_the_filter_runs_a_head_only_generic_model_with_its_backbone_weights(exported, monkeypatch):
+    import argparse
+
+    from percs.baselines.filter import build_filter
+
+    _, head, weights = exported
+    filter_weights = weights_file("dinov2_vits14_pretrain.pth")   # the filter's own (real) backbone
+    monkeypatch.delenv("PERCS_SHARED", raising=False)
+    args = argparse.Namespace(generic_checkpoint=str(head), cellpose_model=None, filter_threshold=0.5,
+                              filter_backbone="vits14", filter_backbone_weights=str(filter_weights),
+                              filter_val_queries=0, device="cpu", backbone_weights=None)
+    with pytest.raises(ModelLoadError, match="--backbone-weights"):
+        build_filter(args)
+    args.backbone_weights = str(weights)
+    method = build_filter(args)
+    assert method.source.predictor.model.backbone.cls_token.shape[-1] == 32   # the head-only file's tiny backbone
+    image, red, _ = red_and_green_disks()
+    labels = method.segment(image, image, red == 1)
+    assert labels.shape == image.shape[:2] and labels.dtype == np.int32
+
 def test_the_backbone_comes_from_the_option_then_percs_shared_then_the_download(exported, monkeypatch, tmp_path):
     import percs.model.backbone_weights as backbone_weights
 

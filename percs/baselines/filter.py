@@ -206,7 +206,8 @@ def build_filter(args: argparse.Namespace, dataset=None) -> SimilarityFilter:
         raise ValueError("--filter-threshold is required without a dataset to choose it on")
     device = resolve_device(getattr(args, "device", "auto"))
     if args.generic_checkpoint:
-        source = PercsGenericMasks(args.generic_checkpoint, device)
+        # a head-only generic model (`percs export-model`, the shipped one) takes its backbone from --backbone-weights
+        source = PercsGenericMasks(args.generic_checkpoint, device, getattr(args, "backbone_weights", None))
     else:
         source = CellposeMasks(args.cellpose_model, device)
     backbone = _backbone(args.filter_backbone, args.filter_backbone_weights).to(device)
