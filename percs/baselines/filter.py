@@ -207,7 +207,8 @@ def build_filter(args: argparse.Namespace, dataset=None) -> SimilarityFilter:
     device = resolve_device(getattr(args, "device", "auto"))
     if args.generic_checkpoint:
         # a head-only generic model (`percs export-model`, the shipped one) takes its backbone from --backbone-weights
-        source = PercsGenericMasks(args.generic_checkpoint, device, getattr(args, "backbone_weights", None))
+        source = PercsGenericMasks(args.generic_checkpoint, device, getattr(args, "backbone_weights", None),
+                                   getattr(args, "flow_threshold", None))
     else:
         source = CellposeMasks(args.cellpose_model, device)
     backbone = _backbone(args.filter_backbone, args.filter_backbone_weights).to(device)
@@ -217,6 +218,7 @@ def build_filter(args: argparse.Namespace, dataset=None) -> SimilarityFilter:
     method = SimilarityFilter(source, embedder, args.filter_threshold or 0.0, args.filter_backbone)
     method.settings = {"masks": source.name, "generic_checkpoint": args.generic_checkpoint,
                        "cellpose_model": args.cellpose_model, "backbone": args.filter_backbone,
+                       "flow_threshold": source.predictor.config.flow_threshold if args.generic_checkpoint else None,
                        "backbone_weights": args.filter_backbone_weights or "official",
                        "backbone_shared_with_generic_model": shared, "device": str(device)}
     if args.filter_threshold is None:

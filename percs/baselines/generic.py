@@ -29,7 +29,10 @@ class PercsGenericMasks:
     """Masks of every cell from a generic percs checkpoint (see the module docstring)."""
 
     def __init__(self, checkpoint: str | Path, device: str | torch.device = "auto",
-                 backbone_weights: str | Path | None = None):
+                 backbone_weights: str | Path | None = None, flow_threshold: float | None = None):
+        """flow_threshold: replaces the checkpoint's predict.flow_threshold (None: keep it)."""
+        import dataclasses
+
         from percs.api import load_model
         from percs.predict import Predictor
 
@@ -40,7 +43,9 @@ class PercsGenericMasks:
         if not model.generic:
             raise ValueError(f"--generic-checkpoint {path} is a personalized model (model.head.generic=false); "
                              "the filter baseline needs one trained with --set model.head.generic=true")
-        self.predictor = Predictor(model, config.predict)
+        predict = config.predict if flow_threshold is None else \
+            dataclasses.replace(config.predict, flow_threshold=float(flow_threshold))
+        self.predictor = Predictor(model, predict)
         self.backbone_name = config.model.backbone
         self.name = f"percs generic {_describe(config.model)}"
 

@@ -106,7 +106,8 @@ def build_instance(args: argparse.Namespace, dataset=None) -> InstanceDecision:
     if args.scorer_threshold is None and dataset is None:
         raise ValueError("--scorer-threshold is required without a dataset to choose it on")
     device = resolve_device(getattr(args, "device", "auto"))
-    source = PercsGenericMasks(args.generic_checkpoint, device, getattr(args, "backbone_weights", None))
+    source = PercsGenericMasks(args.generic_checkpoint, device, getattr(args, "backbone_weights", None),
+                               getattr(args, "flow_threshold", None))
     scorer, record = load_scorer(args.scorer, device)
     fingerprint = backbone_fingerprint(source.predictor.model.backbone)
     if record.get("backbone_fingerprint") not in (None, fingerprint):
@@ -118,7 +119,8 @@ def build_instance(args: argparse.Namespace, dataset=None) -> InstanceDecision:
                               settings.get("context", 2.0))
     method.settings = {"masks": source.name, "generic_checkpoint": args.generic_checkpoint, "scorer": args.scorer,
                        "scorer_trained_on": record["trained_on"], "layers": record["layers"],
-                       "embedding": method.instance.embedding, "device": str(device)}
+                       "embedding": method.instance.embedding, "device": str(device),
+                       "flow_threshold": source.predictor.config.flow_threshold}
     if args.scorer_threshold is None:
         scores = method.tune(dataset, "val", args.scorer_val_queries)
         method.settings.update(val_queries=args.scorer_val_queries or "all", val_mean_ap50_by_threshold=scores)
@@ -127,12 +129,15 @@ def build_instance(args: argparse.Namespace, dataset=None) -> InstanceDecision:
 
 
 def tune_threshold(generic_checkpoint, scorer, dataset_path, max_queries: int = 0,
-                   device: str = "auto", backbone_weights=None) -> tuple[float, float]:
+                   device: str = "auto", backbone_weights=None, flow_threshold: float | None = None
+                   ) -> tuple[float, float]:
     """(threshold, its mean AP@0.5): the scorer's threshold chosen on the val split of `dataset_path` as
-    `percs eval --method percs-instance` chooses it. backbone_weights: for a head-only generic model file."""
+    `percs eval --method percs-instance` chooses it. backbone_weights: for a head-only generic model file;
+    flow_threshold: the generic model's, if not its checkpoint's."""
     from percs.data.format import load_dataset
 
     args = argparse.Namespace(generic_checkpoint=str(generic_checkpoint), scorer=str(scorer), scorer_threshold=None,
-                              scorer_val_queries=max_queries, device=device, backbone_weights=backbone_weights)
+                              scorer_val_queries=max_queries, device=device, backbone_weights=backbone_weights,
+                              flow_threshold=flow_threshold)
     method = build_instance(args, load_dataset(dataset_path))
     return method.threshold, method.settings["val_mean_ap50_by_threshold"][method.threshold]

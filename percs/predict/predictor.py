@@ -49,6 +49,9 @@ class PredictorConfig:
             raise ValueError(f"predict.stride must be in 1..window ({self.window}), got {self.stride!r}")
         if self.batch_size <= 0:
             raise ValueError(f"predict.batch_size must be positive, got {self.batch_size!r}")
+        if not 0 <= self.flow_threshold < float("inf"):
+            raise ValueError(f"predict.flow_threshold must be a finite number >= 0 (0: no flow check), got "
+                             f"{self.flow_threshold!r}")
 
 
 @dataclass
