@@ -306,11 +306,29 @@ def test_option_errors_are_refused_before_the_model_loads(tmp_path, cells, no_mo
     expect_error(capsys, run_predict(tmp_path, "--min-cell-probability", "1.5"),
                  "--min-cell-probability must be in [0, 1], got 1.5")
     expect_error(capsys, run_predict(tmp_path, "--device", "gpu0"), "--device: device 'gpu0' is not a device")
+    expect_error(capsys, run_predict(tmp_path, "--flow-threshold", "-0.1"),
+                 "--flow-threshold must be a finite number >= 0, got -0.1")
     (tmp_path / "ck.pt").unlink()
     expect_error(capsys, run_predict(tmp_path), f"--checkpoint {tmp_path / 'ck.pt'}: does not exist")
     (tmp_path / "ck.pt").mkdir()
     expect_error(capsys, run_predict(tmp_path), f"--checkpoint {tmp_path / 'ck.pt'}: is not a file")
     assert not (tmp_path / "out").exists()
+
+
+def test_flow_threshold_replaces_the_models_flow_check(tmp_path, cells, threshold_model, monkeypatch):
+    import percs.predict.predictor as predictor
+
+    write_inputs(tmp_path, cells)
+    seen, original = [], predictor.flows_to_masks
+
+    def recorded(*args, **kwargs):
+        seen.append(kwargs["flow_threshold"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(predictor, "flows_to_masks", recorded)
+    assert run_predict(tmp_path) == 0
+    assert run_predict(tmp_path, "--flow-threshold", "0", "--overwrite") == 0
+    assert set(seen[: len(seen) // 2]) == {0.4} and set(seen[len(seen) // 2:]) == {0.0}
 
 
 def test_cells_csv_has_unix_line_endings(tmp_path, cells, threshold_model):

@@ -21,8 +21,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         _print_errors(error.lines)
         return 2
     try:
-        predict = None if args.precision is None else {"precision": args.precision}
-        segmenter = Segmenter.from_checkpoint(args.checkpoint, args.device, predict,
+        predict = {key: value for key, value in (("precision", args.precision),
+                                                 ("flow_threshold", args.flow_threshold)) if value is not None}
+        segmenter = Segmenter.from_checkpoint(args.checkpoint, args.device, predict or None,
                                               min_cell_probability=args.min_cell_probability,
                                               backbone_weights=args.backbone_weights)
         blockwise = _blockwise_config(args, segmenter, region.mask if region else reference_mask, jobs)
@@ -118,6 +119,8 @@ def _checked_inputs(args: argparse.Namespace):
         raise _InputError([f"--min-cell-probability must be in [0, 1], got {args.min_cell_probability}"])
     if args.decision_margin is not None and not 0 <= args.decision_margin < float("inf"):
         raise _InputError([f"--decision-margin must be a finite number >= 0, got {args.decision_margin}"])
+    if args.flow_threshold is not None and not 0 <= args.flow_threshold < float("inf"):
+        raise _InputError([f"--flow-threshold must be a finite number >= 0, got {args.flow_threshold}"])
     try:
         resolve_device(args.device)
     except ValueError as error:
@@ -259,6 +262,9 @@ def add_predict_command(sub) -> None:
     p.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default=None,  # percs.model.precision
                    help="the network's arithmetic: auto (bfloat16 on a CPU with AMX or AVX512-BF16, else float32), "
                         "float32 or bfloat16 (default: the model's, auto for the shipped one)")
+    p.add_argument("--flow-threshold", type=float, metavar="F",
+                   help="largest flow error of a kept cell (default: the model's, 0.6 for the shipped one; "
+                        "Cellpose's 0.4 keeps fewer, 0 keeps every cell the flows form)")
     p.add_argument("--overwrite", action="store_true", help="replace outputs that already exist in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     g = p.add_argument_group("large images", "Zarr / OME-Zarr stores and TIFFs over 64 MP are segmented block by "
