@@ -1,0 +1,124 @@
+"""Record what an instance-level model decides on, then score decision rules on the records without rerunning.
+
+    python scripts/decision_rules.py record OUT.json -- eval --method percs --data D --split val [...]
+    python scripts/decision_rules.py rules VAL.json TEST.json [NOVEL.json ...]
+
+`record` runs `percs eval` (the arguments after `--`) and writes, for every query: the image, target type and
+origin, the number of true target cells, and for every cell the generic model found, its best logit against the
+references and whether it matches a target cell (IoU > 0.5, the benchmark's rule). Found masks are disjoint, so
+a kept set's AP@0.5 is TP / (kept + true - TP): `rules` reproduces `percs eval`'s AP@0.5 of the model's own
+decision exactly, and scores the threshold and margin rules of `percs.model.instance.InstanceScorer.decide`, their
+union ("either") and the margin with a probability floor, each swept on the first file (val) and applied to the
+others. docs/type_decision.md reports what it found.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+
+def record(out: str, eval_argv: list[str]) -> int:
+    import percs.evaluate.runner as runner
+    import percs.predict.references as references
+    from percs.cli import main
+
+    last: dict = {}
+    queries: list[dict] = []
+    decide, score_query = references.decide, runner.score_query
+
+    def recording_decide(instance, candidates, positives, negatives, min_cell_probability=None):
+        logits = instance.logits(candidates.vectors, candidates.descriptors, positives).max(1).values
+        last.update(labels=candidates.labels.cpu().numpy(), cells=candidates.cells.cpu().numpy(),
+                    logits=logits.float().cpu().numpy())
+        return decide(instance, candidates, positives, negatives, min_cell_probability)
+
+    def recording_score(dataset, query, reference, prediction, labels, predicted, extra=None):
+        truth = runner.true_labels_of(dataset, query, labels)
+        queries.append(dict(image=query.image, type=query.target_type, origin=query.origin,
+                            n_true=int(np.unique(truth[truth > 0]).size), logits=last["logits"].tolist(),
+                            matched=matched_cells(last["labels"], last["cells"], truth).tolist()))
+        return score_query(dataset, query, reference, prediction, labels, predicted, extra)
+
+    references.decide, runner.score_query = recording_decide, recording_score
+    try:
+        status = main(eval_argv)
+    finally:
+        references.decide, runner.score_query = decide, score_query
+    if status == 0:
+        with open(out, "w") as file:
+            json.dump(queries, file)
+        print(f"wrote {out}: {len(queries)} queries")
+    return status
+
+
+def matched_cells(found: np.ndarray, cells: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """(N,) bool: found cell `cells[i]` overlaps a true cell at IoU > 0.5 (each found cell matches at most one)."""
+    matched = np.zeros(len(cells), bool)
+    f, t = found.ravel().astype(np.int64), truth.ravel().astype(np.int64)
+    if not len(cells) or not t.any():
+        return matched
+    both = (f > 0) & (t > 0)
+    pairs, overlap = np.unique(np.stack([f[both], t[both]]), axis=1, return_counts=True)
+    union = np.bincount(f)[pairs[0]] + np.bincount(t)[pairs[1]] - overlap
+    return np.isin(cells, pairs[0][overlap / union > 0.5])
+
+
+def mean_ap(queries: list[dict], keep) -> float:
+    """Mean AP@0.5 over queries of the cells `keep(logits)` selects (bool array)."""
+    values = []
+    for query in queries:
+        logits, matched = np.asarray(query["logits"]), np.asarray(query["matched"], bool)
+        kept = keep(logits) if len(logits) else np.zeros(0, bool)
+        tp = int(matched[kept].sum())
+        denominator = int(kept.sum()) + query["n_true"] - tp
+        values.append(tp / denominator if denominator else 1.0)
+    return float(np.mean(values))
+
+
+def _logit(p: float) -> float:
+    return float(np.log(p / (1 - p))) if 0 < p < 1 else (np.inf if p >= 1 else -np.inf)
+
+
+RULES = {
+    "threshold": [((t,), lambda x, t=t: x >= _logit(t))
+                  for t in np.round(np.arange(0.3, 0.96, 0.02), 2).tolist()],
+    "margin": [((d,), lambda x, d=d: x >= x.max() - d) for d in (0.25, 0.5, 0.75, 1.0, 1.25)],
+    "either": [((t, d), lambda x, t=t, d=d: (x >= _logit(t)) | (x >= x.max() - d))
+               for t in (0.7, 0.75, 0.8, 0.85, 0.9) for d in (0.25, 0.5, 0.75, 1.0)],
+    "margin with a floor": [((d, f), lambda x, d=d, f=f: (x >= x.max() - d) & (x >= _logit(f)))
+                            for d in (0.25, 0.5, 0.75, 1.0) for f in (0.1, 0.2, 0.3, 0.4, 0.5)],
+}
+
+
+def rules(paths: list[str]) -> int:
+    splits = []
+    for path in paths:
+        with open(path) as file:
+            splits.append(json.load(file))
+    print("rule (parameters chosen on " + paths[0] + ")", *paths, sep=" | ")
+    for name, grid in RULES.items():
+        parameters, keep = max(grid, key=lambda item: mean_ap(splits[0], item[1]))
+        print(f"{name} {parameters}", *(f"{mean_ap(queries, keep):.3f}" for queries in splits), sep=" | ")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["record"]:
+        if len(argv) < 4 or argv[2] != "--":
+            print("usage: decision_rules.py record OUT.json -- eval ...", file=sys.stderr)
+            return 2
+        return record(argv[1], argv[3:])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=("rules",))
+    parser.add_argument("records", nargs="+", help="record files; the first chooses each rule's parameters")
+    args = parser.parse_args(argv)
+    return rules(args.records)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""scripts/decision_rules.py: a decision rule scored from recorded cells equals `percs.metrics.evaluate` on the
+kept masks (the script's shortcut for AP@0.5)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+
+from conftest import REPO_ROOT
+from percs.metrics import evaluate
+from percs.synthetic_labels import touching_cells
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("decision_rules", REPO_ROOT / "scripts" / "decision_rules.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_recorded_cells_score_a_kept_set_as_the_metric_does():
+    rules = _script()
+    rng = np.random.default_rng(0)
+    for seed in range(5):
+        truth_all = touching_cells((64, 80), 14, 6.0, seed).astype(np.int32)
+        target = np.isin(truth_all, rng.choice(np.unique(truth_all[truth_all > 0]), 6, replace=False))
+        truth = np.where(target, truth_all, 0)
+        found = np.roll(touching_cells((64, 80), 14, 6.0, seed), rng.integers(-3, 4, 2), (0, 1)).astype(np.int32)
+        found[rng.random(found.shape) < 0.05] = 0                   # ragged masks: some IoUs fall under 0.5
+        cells = np.unique(found[found > 0])
+        logits = rng.normal(size=len(cells))
+        matched = rules.matched_cells(found, cells, truth)
+        query = dict(logits=logits.tolist(), matched=matched.tolist(), n_true=int(np.unique(truth[truth > 0]).size))
+        for keep in (lambda x: x >= 0.0, lambda x: x >= x.max() - 0.5, lambda x: np.ones(len(x), bool)):
+            kept = np.where(np.isin(found, cells[keep(logits)]), found, 0)
+            stats = evaluate(truth, kept, (0.5,), iou_rule="gt")[0]
+            expected = stats.tp / (stats.tp + stats.fp + stats.fn) if stats.tp + stats.fp + stats.fn else 1.0
+            assert rules.mean_ap([query], keep) == expected
+
+
+def test_no_true_cell_and_no_found_cell():
+    rules = _script()
+    assert not rules.matched_cells(np.ones((4, 4), np.int32), np.array([1]), np.zeros((4, 4), np.int32)).any()
+    assert rules.mean_ap([dict(logits=[], matched=[], n_true=3)], lambda x: x > 0) == 0.0
+    assert rules.mean_ap([dict(logits=[1.0], matched=[False], n_true=0)], lambda x: x > 5) == 1.0
