@@ -123,7 +123,7 @@ def test_percs_method_takes_several_references(tmp_path):
     model, _ = scored_checkpoint(tmp_path, 0.5)
     args = argparse.Namespace(checkpoint=str(model), min_cell_probability=0.0, device="cpu",
                               window=None, stride=None, batch_size=None, cellprob_threshold=None,
-                              flow_threshold=None, niter=None, min_size=None, precision=None)
+                              flow_threshold=None, niter=None, min_size=None, precision=None, flips=None)
     method = build_percs_method(args, None)
     image, red, green = red_and_green_disks()
     single = method.segment(image, image, red == 1)

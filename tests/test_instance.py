@@ -333,7 +333,7 @@ def test_a_generic_checkpoint_with_a_scorer_attached_is_one_model_for_segmenter_
         segmenter.segment(image, plain.reference(image, labels=red, label=1))
     args = argparse.Namespace(checkpoint=str(tmp_path / "model.pt"), min_cell_probability=0.0, device="cpu",
                               window=None, stride=None, batch_size=None, cellprob_threshold=None,
-                              flow_threshold=None, niter=None, min_size=None, precision=None)
+                              flow_threshold=None, niter=None, min_size=None, precision=None, flips=None)
     method = build_percs_method(args, None)
     assert method.name.startswith("PerCS-DINO instance decision (") and "threshold -1" in method.name
     np.testing.assert_array_equal(method.segment(image, image, red == 1), everything)

@@ -135,6 +135,46 @@ def test_backbone_features_are_reused_for_the_same_image_only(monkeypatch):
     assert sum(calls) == 4 * windows
 
 
+
+class GradientModel(IdentityModel):
+    """Flows = the spatial gradient of the window's channel 2, logit = channel 2: a flip-equivariant model (its
+    flows turn with the image), so averaging over flips must give back its single view exactly."""
+
+    def forward(self, images, reference_embedding):
+        dy, dx = torch.gradient(images[:, 2], dim=(1, 2))
+        return PerCSOutput(flows=torch.stack((dy, dx), 1), same_type_logits=images[:, 2], fused=images.new_zeros(0))
+
+
+@pytest.mark.parametrize("flips", [2, 4])
+def test_flip_views_turn_the_flows_back(flips):
+    field = smooth_field(56, 56)
+    single = Predictor(GradientModel(), PredictorConfig(window=56, stride=56)).fields(field, torch.zeros(4))
+    flipped = Predictor(GradientModel(), PredictorConfig(window=56, stride=56, flips=flips))
+    averaged = flipped.fields(field, torch.zeros(4))
+    torch.testing.assert_close(averaged, single, rtol=0, atol=1e-5)
+    # a model that is not equivariant: the mean of the views, each computed alone and turned back by hand
+    model = tiny_model().eval()
+    config = PredictorConfig(window=56, stride=42, batch_size=4)
+    image, embedding = torch.randn(3, 100, 90, generator=torch.Generator().manual_seed(2)), torch.randn(32)
+    views = []
+    for axes in ((), (1, 2), (1,), (2,))[:flips]:
+        flows, logits = Predictor(model, config).fields(image.flip(axes) if axes else image, embedding)
+        if axes:
+            flows, logits = flows.flip(axes).clone(), logits.flip(tuple(a - 1 for a in axes))
+            for axis in axes:
+                flows[axis - 1] *= -1
+        views.append((flows, logits))
+    expected = tuple(torch.stack([v[k] for v in views]).mean(0) for k in range(2))
+    predictor = Predictor(model, PredictorConfig(window=56, stride=42, batch_size=4, flips=flips))
+    torch.testing.assert_close(predictor.fields(image, embedding), expected, rtol=1e-5, atol=1e-5)
+    calls = []
+    forward = model.backbone.forward
+    model.backbone.forward = lambda x: calls.append(x.shape[0]) or forward(x)
+    predictor.fields(image, torch.randn(32))                   # every view's features kept: no backbone pass
+    assert calls == []
+    with pytest.raises(ValueError, match="predict.flips must be one of \\[1, 2, 4\\], got 3"):
+        PredictorConfig(flips=3)
+
 def test_generic_model_needs_no_reference():
     predictor = Predictor(tiny_model(generic=True))
     flows, logits = predictor.fields(torch.randn(3, 30, 40))

@@ -23,6 +23,8 @@ PREDICTOR_OPTIONS = {  # option -> (PredictorConfig field, type, help)
     "--flow-threshold": ("flow_threshold", float, "largest flow error of a kept mask"),
     "--niter": ("niter", int, "Euler steps of the flow integration"),
     "--min-size": ("min_size", int, "smallest kept mask in pixels"),
+    "--flips": ("flips", int, "the network's output averaged over the image and its flips: 1 (none, the paper), "
+                              "2 (both axes flipped too) or 4 (each axis too); each view one more network pass"),
     "--precision": ("precision", str, "the network's arithmetic: auto (bfloat16 on a CPU with AMX or AVX512-BF16, "
                                       "else float32), float32 or bfloat16"),
 }
@@ -41,7 +43,7 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
                        help="with an instance-level model: keep the cells whose logit is within D of the image's "
                             "best cell's, instead of those over the model's threshold (docs/type_decision.md)")
     for option, (_, kind, text) in PREDICTOR_OPTIONS.items():
-        choices = PRECISION_CHOICES if option == "--precision" else None
+        choices = {"--precision": PRECISION_CHOICES, "--flips": (1, 2, 4)}.get(option)
         group.add_argument(option, type=kind, choices=choices, default=None, help=f"{text} (default: the checkpoint's)")
 
 

@@ -21,8 +21,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         _print_errors(error.lines)
         return 2
     try:
-        predict = {key: value for key, value in (("precision", args.precision),
-                                                 ("flow_threshold", args.flow_threshold)) if value is not None}
+        predict = {key: value for key, value in (("precision", args.precision), ("flow_threshold", args.flow_threshold),
+                                                 ("flips", args.flips)) if value is not None}
         segmenter = Segmenter.from_checkpoint(args.checkpoint, args.device, predict or None,
                                               min_cell_probability=args.min_cell_probability,
                                               backbone_weights=args.backbone_weights)
@@ -265,6 +265,9 @@ def add_predict_command(sub) -> None:
     p.add_argument("--flow-threshold", type=float, metavar="F",
                    help="largest flow error of a kept cell (default: the model's, 0.6 for the shipped one; "
                         "Cellpose's 0.4 keeps fewer, 0 keeps every cell the flows form)")
+    p.add_argument("--flips", type=int, choices=(1, 2, 4), metavar="N",
+                   help="average the network's output over the image and its flips: 1 (none), 2 or 4 views, each "
+                        "one more network pass (default: the model's, 1)")
     p.add_argument("--overwrite", action="store_true", help="replace outputs that already exist in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     g = p.add_argument_group("large images", "Zarr / OME-Zarr stores and TIFFs over 64 MP are segmented block by "

@@ -24,10 +24,16 @@ from percs.model.precision import check_precision, inference_precision
 from percs.model.reference import reference_window
 
 
+# flips -> the views the network sees, as the (3, H, W) image's axes each one reverses (1: y, 2: x)
+FLIP_VIEWS = {1: ((),), 2: ((), (1, 2)), 4: ((), (1, 2), (1,), (2,))}
+
+
 @dataclass(frozen=True)
 class PredictorConfig:
-    """Sliding windows (the paper's 224 / 168), reference window, batching, `flows_to_masks` settings, and the
-    network's arithmetic (`percs.model.precision`: "auto" is bfloat16 on CPUs that compute it natively)."""
+    """Sliding windows (the paper's 224 / 168), reference window, batching, `flows_to_masks` settings, the
+    network's arithmetic (`percs.model.precision`: "auto" is bfloat16 on CPUs that compute it natively), and
+    `flips`: the network's output averaged over the image and its flips (`FLIP_VIEWS`: 1 the image alone, as the
+    paper; 2 adds it flipped on both axes; 4 on each axis too), each view costing one more network pass."""
 
     window: int = 224
     stride: int = 168
@@ -38,6 +44,7 @@ class PredictorConfig:
     niter: int = 200
     min_size: int = 15
     precision: str = "auto"
+    flips: int = 1
 
     def __post_init__(self) -> None:
         check_precision(self.precision, "predict.precision")
@@ -49,6 +56,8 @@ class PredictorConfig:
             raise ValueError(f"predict.stride must be in 1..window ({self.window}), got {self.stride!r}")
         if self.batch_size <= 0:
             raise ValueError(f"predict.batch_size must be positive, got {self.batch_size!r}")
+        if self.flips not in FLIP_VIEWS:
+            raise ValueError(f"predict.flips must be one of {sorted(FLIP_VIEWS)}, got {self.flips!r}")
         if not 0 <= self.flow_threshold < float("inf"):
             raise ValueError(f"predict.flow_threshold must be a finite number >= 0 (0: no flow check), got "
                              f"{self.flow_threshold!r}")
@@ -130,7 +139,7 @@ class Predictor:
     def __init__(self, model: torch.nn.Module, config: PredictorConfig = PredictorConfig()):
         self.model = model
         self.config = config
-        self._features_of: tuple[torch.Tensor, list[torch.Tensor], tuple[int, ...]] | None = None  # see window_features
+        self._features_of: dict[tuple[int, ...], tuple] = {}  # view -> (padded, features, version): window_features
 
     @property
     def device(self) -> torch.device:
@@ -156,11 +165,25 @@ class Predictor:
         """
         image = as_input_image(image, self.device)
         embedding = self._check_embedding(reference_embedding)
+        views = FLIP_VIEWS[self.config.flips]
+        flows, logits = self._view_fields(image, embedding, ())
+        for axes in views[1:]:  # each view's output flipped back; a reversed axis negates its flow component
+            view_flows, view_logits = self._view_fields(image.flip(axes), embedding, axes)
+            sign = torch.ones(2, 1, 1, device=flows.device)
+            sign[[axis - 1 for axis in axes]] = -1.0
+            flows = flows + view_flows.flip(axes) * sign
+            logits = logits + view_logits.flip(tuple(axis - 1 for axis in axes))
+        if len(views) > 1:
+            flows, logits = flows / len(views), logits / len(views)
+        return flows, logits
+
+    def _view_fields(self, image: torch.Tensor, embedding: torch.Tensor | None, view: tuple[int, ...]
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
         height, width = image.shape[1:]
         window = self.config.window
         padded, corners = sliding_windows(image, window, self.config.stride)
         with self._inference():
-            features = self.window_features(padded, corners)
+            features = self.window_features(padded, corners, view)
             total = padded.new_zeros(3, *padded.shape[1:])
             count = padded.new_zeros(1, *padded.shape[1:])
             for index, (batch, windows) in enumerate(window_batches(padded, corners, window, self.config.batch_size)):
@@ -191,31 +214,33 @@ class Predictor:
         probability = torch.sigmoid(logits)
         return Prediction(labels, flows, probability, cell_mean(labels, probability))
 
-    def window_features(self, padded: torch.Tensor, corners: list[tuple[int, int]]) -> list[torch.Tensor] | None:
+    def window_features(self, padded: torch.Tensor, corners: list[tuple[int, int]], view: tuple[int, ...] = ()
+                        ) -> list[torch.Tensor] | None:
         """The backbone features of every window batch of `padded` (from `sliding_windows` with this predictor's
         window and stride; batches as `window_batches` makes them), reused while the same image comes back.
 
         Several queries of one image (one per cell type, or one per reference) differ only in the reference
         embedding, which enters after the backbone; the backbone's features of the last image are kept and
         reused when the next image is equal to it (torch.equal, far cheaper than the backbone) and the backbone's
-        parameters have not changed in place since (their version counters, which optimiser steps advance).
+        parameters have not changed in place since (their version counters, which optimiser steps advance); one
+        image is kept per `view` (the flips of `PredictorConfig.flips`).
         None for models without a separate backbone (then `model(windows, embedding)` runs whole)."""
         if not (hasattr(self.model, "backbone") and hasattr(self.model, "decode_features")):
             return None
         version = tuple(p._version for p in self.model.backbone.parameters())
-        cached = self._features_of
+        cached = self._features_of.get(view)
         if cached is not None and cached[2] == version and cached[0].shape == padded.shape \
                 and torch.equal(cached[0], padded):
             return cached[1]
         batches = window_batches(padded, corners, self.config.window, self.config.batch_size)
         features = [self.model.backbone(windows).features for _, windows in batches]
-        self._features_of = (padded, features, version)
+        self._features_of[view] = (padded, features, version)
         return features
 
     def forget_features(self) -> None:
         """Drops the kept backbone features (`window_features`): the next image runs the backbone again, even
         when it equals the last (a timing of a whole prediction, or memory to give back)."""
-        self._features_of = None
+        self._features_of = {}
 
     def _check_embedding(self, reference_embedding: torch.Tensor | None) -> torch.Tensor | None:
         if getattr(self.model, "generic", False):
