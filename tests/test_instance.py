@@ -247,10 +247,10 @@ def test_percs_instance_method_scores_the_generic_masks(tmp_path):
     np.testing.assert_array_equal(method.segment(image, image, red == 1), method.source(image))
     with pytest.raises(MethodUnavailable, match="--scorer"):
         build_instance(_instance_args(generic_checkpoint=str(checkpoint)))
-    assert method.settings["flow_threshold"] == 0.4                  # the checkpoint's
+    assert method.settings["predict"]["flow_threshold"] == 0.4 and method.settings["predict"]["flips"] == 1
     looser = build_instance(_instance_args(generic_checkpoint=str(checkpoint), scorer=str(path), scorer_threshold=0.5,
-                                           flow_threshold=0.0))          # percs eval --flow-threshold 0: no check
-    assert looser.settings["flow_threshold"] == 0.0 and looser.source.predictor.config.flow_threshold == 0.0
+                                           flow_threshold=0.0, flips=2))  # percs eval --flow-threshold 0 --flips 2
+    assert looser.settings["predict"]["flow_threshold"] == 0.0 and looser.source.predictor.config.flips == 2
     save_scorer(path, scorer.eval(), settings, "vits14", {"dataset": "tiny"}, 0.0, "another backbone")
     with pytest.raises(ValueError, match="other backbone weights"):
         build_instance(_instance_args(generic_checkpoint=str(checkpoint), scorer=str(path), scorer_threshold=0.5))
@@ -350,12 +350,15 @@ def test_a_generic_checkpoint_with_a_scorer_attached_is_one_model_for_segmenter_
     save_scorer(tmp_path / "other.pt", CellScorer(1, 32).eval(), settings, "vits14", {}, 0.0, "another")
     with pytest.raises(ValueError, match="other backbone weights"):
         attach_scorer(generic, tmp_path / "other.pt", 0.5, tmp_path / "bad.pt")
-    attach_scorer(generic, tmp_path / "scorer.pt", 0.5, tmp_path / "loose.pt", flow_threshold=0.6)
+    attach_scorer(generic, tmp_path / "scorer.pt", 0.5, tmp_path / "loose.pt",
+                  predict={"flow_threshold": 0.6, "flips": 2})
     loose = Segmenter.from_checkpoint(tmp_path / "loose.pt", "cpu")
     assert loose.predictor.config.flow_threshold == 0.6 and segmenter.predictor.config.flow_threshold == 0.4
-    assert load_model(tmp_path / "loose.pt", "cpu")[1].predict.flow_threshold == 0.6
+    assert load_model(tmp_path / "loose.pt", "cpu")[1].predict.flips == 2 and segmenter.predictor.config.flips == 1
     with pytest.raises(ValueError, match="predict.flow_threshold must be a finite number >= 0"):
-        attach_scorer(generic, tmp_path / "scorer.pt", 0.5, tmp_path / "bad.pt", flow_threshold=-0.1)
+        attach_scorer(generic, tmp_path / "scorer.pt", 0.5, tmp_path / "bad.pt", predict={"flow_threshold": -0.1})
+    with pytest.raises(TypeError, match="unexpected keyword argument 'flow'"):
+        attach_scorer(generic, tmp_path / "scorer.pt", 0.5, tmp_path / "bad.pt", predict={"flow": 0.6})
     assert not (tmp_path / "bad.pt").exists()
     raw = (tmp_path / "model.pt").read_bytes()
     (tmp_path / "model.pt").write_bytes(raw[:-5] + b"xxxxx")
@@ -368,7 +371,8 @@ def test_train_scorer_flow_threshold_needs_the_attached_model_and_a_valid_value(
 
     base = ["train-scorer", "--data", str(tmp_path), "--out", str(tmp_path / "scorer.pt")]
     assert main(base + ["--flow-threshold", "0.6"]) == 2
-    assert "--flow-threshold sets the attached model's; it needs --generic-checkpoint" in capsys.readouterr().err
+    assert "--flow-threshold and --flips set the attached model's; they need --generic-checkpoint" \
+        in capsys.readouterr().err
     attached = ["--generic-checkpoint", str(tmp_path / "g.pt"), "--model-out", str(tmp_path / "m.pt")]
     for bad in ("-0.5", "inf", "nan"):
         assert main(base + attached + ["--flow-threshold", bad]) == 2

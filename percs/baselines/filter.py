@@ -19,6 +19,7 @@ backbone a second time on the same windows (`MaskEmbedder.sharing`).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -197,7 +198,7 @@ def tune_on_split(method, candidates, dataset, split: str = "val", max_queries: 
 def build_filter(args: argparse.Namespace, dataset=None) -> SimilarityFilter:
     """The filter method on `args.device`; its threshold chosen on `dataset`'s val split unless given."""
     from percs.api import resolve_device
-    from percs.baselines.generic import CellposeMasks, PercsGenericMasks
+    from percs.baselines.generic import CellposeMasks, PercsGenericMasks, generic_overrides
 
     if bool(args.generic_checkpoint) == bool(args.cellpose_model):
         raise ValueError("--method filter needs exactly one of --generic-checkpoint (a generic percs model) "
@@ -208,7 +209,7 @@ def build_filter(args: argparse.Namespace, dataset=None) -> SimilarityFilter:
     if args.generic_checkpoint:
         # a head-only generic model (`percs export-model`, the shipped one) takes its backbone from --backbone-weights
         source = PercsGenericMasks(args.generic_checkpoint, device, getattr(args, "backbone_weights", None),
-                                   getattr(args, "flow_threshold", None))
+                                   generic_overrides(args))
     else:
         source = CellposeMasks(args.cellpose_model, device)
     backbone = _backbone(args.filter_backbone, args.filter_backbone_weights).to(device)
@@ -218,7 +219,7 @@ def build_filter(args: argparse.Namespace, dataset=None) -> SimilarityFilter:
     method = SimilarityFilter(source, embedder, args.filter_threshold or 0.0, args.filter_backbone)
     method.settings = {"masks": source.name, "generic_checkpoint": args.generic_checkpoint,
                        "cellpose_model": args.cellpose_model, "backbone": args.filter_backbone,
-                       "flow_threshold": source.predictor.config.flow_threshold if args.generic_checkpoint else None,
+                       "predict": dataclasses.asdict(source.predictor.config) if args.generic_checkpoint else None,
                        "backbone_weights": args.filter_backbone_weights or "official",
                        "backbone_shared_with_generic_model": shared, "device": str(device)}
     if args.filter_threshold is None:

@@ -25,12 +25,17 @@ from percs.evaluate.methods import MethodUnavailable
 from percs.flows import renumber
 
 
+def generic_overrides(args) -> dict:
+    """The predict settings `percs eval` options give a generic model (--flow-threshold, --flips), when set."""
+    return {key: getattr(args, key) for key in ("flow_threshold", "flips") if getattr(args, key, None) is not None}
+
+
 class PercsGenericMasks:
     """Masks of every cell from a generic percs checkpoint (see the module docstring)."""
 
     def __init__(self, checkpoint: str | Path, device: str | torch.device = "auto",
-                 backbone_weights: str | Path | None = None, flow_threshold: float | None = None):
-        """flow_threshold: replaces the checkpoint's predict.flow_threshold (None: keep it)."""
+                 backbone_weights: str | Path | None = None, predict: dict | None = None):
+        """predict: PredictorConfig fields that replace the checkpoint's (flow_threshold, flips, ...)."""
         import dataclasses
 
         from percs.api import load_model
@@ -43,9 +48,7 @@ class PercsGenericMasks:
         if not model.generic:
             raise ValueError(f"--generic-checkpoint {path} is a personalized model (model.head.generic=false); "
                              "the filter baseline needs one trained with --set model.head.generic=true")
-        predict = config.predict if flow_threshold is None else \
-            dataclasses.replace(config.predict, flow_threshold=float(flow_threshold))
-        self.predictor = Predictor(model, predict)
+        self.predictor = Predictor(model, dataclasses.replace(config.predict, **(predict or {})))
         self.backbone_name = config.model.backbone
         self.name = f"percs generic {_describe(config.model)}"
 

@@ -11,6 +11,7 @@ queries, -1 = keep every cell included), or given with --scorer-threshold.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import numpy as np
 import torch
@@ -97,7 +98,7 @@ class InstanceDecision:
 def build_instance(args: argparse.Namespace, dataset=None) -> InstanceDecision:
     """The percs-instance method on `args.device`; its threshold chosen on `dataset`'s val split unless given."""
     from percs.api import resolve_device
-    from percs.baselines.generic import PercsGenericMasks
+    from percs.baselines.generic import PercsGenericMasks, generic_overrides
     from percs.train.scorer import backbone_fingerprint, load_scorer
 
     if not args.generic_checkpoint or not args.scorer:
@@ -107,7 +108,7 @@ def build_instance(args: argparse.Namespace, dataset=None) -> InstanceDecision:
         raise ValueError("--scorer-threshold is required without a dataset to choose it on")
     device = resolve_device(getattr(args, "device", "auto"))
     source = PercsGenericMasks(args.generic_checkpoint, device, getattr(args, "backbone_weights", None),
-                               getattr(args, "flow_threshold", None))
+                               generic_overrides(args))
     scorer, record = load_scorer(args.scorer, device)
     fingerprint = backbone_fingerprint(source.predictor.model.backbone)
     if record.get("backbone_fingerprint") not in (None, fingerprint):
@@ -120,7 +121,7 @@ def build_instance(args: argparse.Namespace, dataset=None) -> InstanceDecision:
     method.settings = {"masks": source.name, "generic_checkpoint": args.generic_checkpoint, "scorer": args.scorer,
                        "scorer_trained_on": record["trained_on"], "layers": record["layers"],
                        "embedding": method.instance.embedding, "device": str(device),
-                       "flow_threshold": source.predictor.config.flow_threshold}
+                       "predict": dataclasses.asdict(source.predictor.config)}
     if args.scorer_threshold is None:
         scores = method.tune(dataset, "val", args.scorer_val_queries)
         method.settings.update(val_queries=args.scorer_val_queries or "all", val_mean_ap50_by_threshold=scores)
@@ -129,15 +130,15 @@ def build_instance(args: argparse.Namespace, dataset=None) -> InstanceDecision:
 
 
 def tune_threshold(generic_checkpoint, scorer, dataset_path, max_queries: int = 0,
-                   device: str = "auto", backbone_weights=None, flow_threshold: float | None = None
+                   device: str = "auto", backbone_weights=None, predict: dict | None = None
                    ) -> tuple[float, float]:
     """(threshold, its mean AP@0.5): the scorer's threshold chosen on the val split of `dataset_path` as
     `percs eval --method percs-instance` chooses it. backbone_weights: for a head-only generic model file;
-    flow_threshold: the generic model's, if not its checkpoint's."""
+    predict: the generic model's predict settings that replace its checkpoint's (flow_threshold, flips)."""
     from percs.data.format import load_dataset
 
     args = argparse.Namespace(generic_checkpoint=str(generic_checkpoint), scorer=str(scorer), scorer_threshold=None,
                               scorer_val_queries=max_queries, device=device, backbone_weights=backbone_weights,
-                              flow_threshold=flow_threshold)
+                              **(predict or {}))
     method = build_instance(args, load_dataset(dataset_path))
     return method.threshold, method.settings["val_mean_ap50_by_threshold"][method.threshold]

@@ -48,9 +48,11 @@ def cmd_train_scorer(args: argparse.Namespace) -> int:
     if bool(args.generic_checkpoint) != bool(args.model_out):
         print("percs train-scorer: error: --generic-checkpoint and --model-out go together", file=sys.stderr)
         return 2
-    if args.flow_threshold is not None and not args.generic_checkpoint:
-        print("percs train-scorer: error: --flow-threshold sets the attached model's; it needs --generic-checkpoint",
-              file=sys.stderr)
+    predict = {key: value for key, value in (("flow_threshold", args.flow_threshold), ("flips", args.flips))
+               if value is not None}
+    if predict and not args.generic_checkpoint:
+        print("percs train-scorer: error: --flow-threshold and --flips set the attached model's; they need "
+              "--generic-checkpoint", file=sys.stderr)
         return 2
     if args.flow_threshold is not None and not 0 <= args.flow_threshold < float("inf"):
         print(f"percs train-scorer: error: --flow-threshold must be a finite number >= 0, got {args.flow_threshold}",
@@ -78,10 +80,10 @@ def cmd_train_scorer(args: argparse.Namespace) -> int:
             if threshold is None:
                 threshold, ap = tune_threshold(args.generic_checkpoint, args.out, args.data, args.val_queries,
                                                backbone_weights=args.backbone_weights,
-                                               flow_threshold=args.flow_threshold)
+                                               predict=predict)
                 print(f"threshold {threshold:g} chosen on val (mean AP@0.5 {ap:.3f})")
             attach_scorer(args.generic_checkpoint, args.out, threshold, args.model_out, args.backbone_weights,
-                          args.flow_threshold)
+                          predict)
             print(f"wrote {args.model_out}: {args.generic_checkpoint} with the scorer attached (percs predict, "
                   "percs eval --method percs and Segmenter load it)")
     except (ValueError, OSError) as error:
@@ -156,4 +158,7 @@ def add_train_scorer_command(sub) -> None:
                    help="the attached model's flow check (predict.flow_threshold), also while the threshold is "
                         "chosen on val (default: the generic checkpoint's; 0.6 chosen on percs-mini val for the "
                         "shipped model, Cellpose's 0.4 before)")
+    p.add_argument("--flips", type=int, choices=(1, 2, 4), metavar="N",
+                   help="the attached model's flip averaging (predict.flips: 1, 2 or 4 views), also while the "
+                        "threshold is chosen on val (default: the generic checkpoint's; 2 for the shipped model)")
     p.set_defaults(func=cmd_train_scorer)

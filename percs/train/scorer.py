@@ -263,11 +263,11 @@ def instance_record(scorer_path: str | Path, threshold: float) -> dict:
 
 
 def attach_scorer(generic_checkpoint: str | Path, scorer_path: str | Path, threshold: float, out: str | Path,
-                  backbone_weights: str | Path | None = None, flow_threshold: float | None = None) -> None:
+                  backbone_weights: str | Path | None = None, predict: dict | None = None) -> None:
     """Writes `out`: the generic percs checkpoint with the scorer attached (`instance_record`), one file that
     `percs predict`, `percs eval --method percs` and `Segmenter.from_checkpoint` load as a model that finds
-    every cell and keeps those the scorer gives a probability >= threshold; flow_threshold: the model's
-    predict.flow_threshold, if not the generic checkpoint's. The scorer must have been trained
+    every cell and keeps those the scorer gives a probability >= threshold; predict: settings of the
+    model's predict section that replace the generic checkpoint's (flow_threshold, flips, ...). The scorer must have been trained
     on the checkpoint's frozen backbone (fingerprints compared); the checkpoint must be generic. A head-only
     model file (`percs export-model`, the shipped model) may take the place of the checkpoint, its backbone
     from backbone_weights (as `load_model`); its scorer then replaces any attached one and is stored in float16
@@ -289,10 +289,9 @@ def attach_scorer(generic_checkpoint: str | Path, scorer_path: str | Path, thres
     if HEAD_ONLY in state:
         record["scorer"] = half_state(record["scorer"])
     state["instance"] = record
-    if flow_threshold is not None:
-        PredictorConfig(**dict(asdict(config.predict), flow_threshold=flow_threshold))  # raises on a bad value
-        state["config"] = dict(state["config"], predict=dict(state["config"]["predict"],
-                                                             flow_threshold=float(flow_threshold)))
+    if predict:
+        PredictorConfig(**dict(asdict(config.predict), **predict))  # raises on an unknown key or a bad value
+        state["config"] = dict(state["config"], predict=dict(state["config"]["predict"], **predict))
     save_checkpoint(state, out)
 
 
