@@ -266,9 +266,9 @@ def attach_scorer(generic_checkpoint: str | Path, scorer_path: str | Path, thres
                   backbone_weights: str | Path | None = None, predict: dict | None = None) -> None:
     """Writes `out`: the generic percs checkpoint with the scorer attached (`instance_record`), one file that
     `percs predict`, `percs eval --method percs` and `Segmenter.from_checkpoint` load as a model that finds
-    every cell and keeps those the scorer gives a probability >= threshold; predict: settings of the
-    model's predict section that replace the generic checkpoint's (flow_threshold, flips, ...). The scorer must have been trained
-    on the checkpoint's frozen backbone (fingerprints compared); the checkpoint must be generic. A head-only
+    every cell and keeps those the scorer gives a probability >= threshold; predict: settings of the model's
+    predict section that replace the generic checkpoint's (flow_threshold, flips, ...). The scorer must have been
+    trained on the checkpoint's frozen backbone (fingerprints compared); the checkpoint must be generic. A head-only
     model file (`percs export-model`, the shipped model) may take the place of the checkpoint, its backbone
     from backbone_weights (as `load_model`); its scorer then replaces any attached one and is stored in float16
     like the rest of its head."""
