@@ -40,6 +40,7 @@ def main() -> None:
     parser.add_argument("--weights", required=True, help="the DINOv2 backbone weights")
     parser.add_argument("--checkpoint", help="a model file (default: the one shipped with percs)")
     parser.add_argument("--precision", default="auto", help="auto, float32, bfloat16, or - for none")
+    parser.add_argument("--flips", type=int, choices=(1, 2, 4), help="views averaged (default: the model's)")
     parser.add_argument("--out", help="a JSON file to write the result to")
     args = parser.parse_args()
 
@@ -50,7 +51,10 @@ def main() -> None:
     from percs.data.format import load_dataset
 
     dataset = load_dataset(args.data)
-    predict = {} if args.precision == "-" else {"predict": {"precision": args.precision}}
+    settings = {} if args.precision == "-" else {"precision": args.precision}
+    if args.flips is not None:
+        settings["flips"] = args.flips
+    predict = {"predict": settings} if settings else {}
     segmenter = api.Segmenter.from_checkpoint(args.checkpoint, device="cpu", backbone_weights=args.weights, **predict)
     stages: dict[str, float] = defaultdict(float)
     timed(segmenter.model.backbone, "forward", "backbone", stages)
