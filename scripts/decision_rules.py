@@ -57,14 +57,10 @@ def record(out: str, eval_argv: list[str]) -> int:
 
 def matched_cells(found: np.ndarray, cells: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """(N,) bool: found cell `cells[i]` overlaps a true cell at IoU > 0.5 (each found cell matches at most one)."""
-    matched = np.zeros(len(cells), bool)
-    f, t = found.ravel().astype(np.int64), truth.ravel().astype(np.int64)
-    if not len(cells) or not t.any():
-        return matched
-    both = (f > 0) & (t > 0)
-    pairs, overlap = np.unique(np.stack([f[both], t[both]]), axis=1, return_counts=True)
-    union = np.bincount(f)[pairs[0]] + np.bincount(t)[pairs[1]] - overlap
-    return np.isin(cells, pairs[0][overlap / union > 0.5])
+    from percs.metrics import label_overlaps
+
+    overlaps = label_overlaps(truth.astype(np.int32), found.astype(np.int32))
+    return np.isin(cells, overlaps.pred_labels[overlaps.pair_pred[overlaps.iou() > 0.5]])
 
 
 def mean_ap(queries: list[dict], keep) -> float:

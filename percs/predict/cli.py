@@ -102,6 +102,7 @@ def _checked_inputs(args: argparse.Namespace):
     image and mask None. _InputError otherwise."""
     from percs.predict.api import resolve_device
     from percs.data.io import DataFileError, check_file
+    from percs.predict.predictor import check_flow_threshold
     from percs.predict.files import check_images, find_images, plan_outputs
     from percs.predict.large_images import is_blockwise
     from percs.predict.shipped import given_weights_file
@@ -119,8 +120,11 @@ def _checked_inputs(args: argparse.Namespace):
         raise _InputError([f"--min-cell-probability must be in [0, 1], got {args.min_cell_probability}"])
     if args.decision_margin is not None and not 0 <= args.decision_margin < float("inf"):
         raise _InputError([f"--decision-margin must be a finite number >= 0, got {args.decision_margin}"])
-    if args.flow_threshold is not None and not 0 <= args.flow_threshold < float("inf"):
-        raise _InputError([f"--flow-threshold must be a finite number >= 0, got {args.flow_threshold}"])
+    if args.flow_threshold is not None:
+        try:
+            check_flow_threshold(args.flow_threshold, "--flow-threshold")
+        except ValueError as error:
+            raise _InputError([str(error)]) from None
     try:
         resolve_device(args.device)
     except ValueError as error:

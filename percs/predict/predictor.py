@@ -24,6 +24,13 @@ from percs.model.precision import check_precision, inference_precision
 from percs.model.reference import reference_window
 
 
+def check_flow_threshold(value: float, name: str = "predict.flow_threshold") -> float:
+    """value when it is a finite number >= 0 (0: no flow check), else ValueError naming `name`."""
+    if not 0 <= value < float("inf"):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r} (0: no flow check)")
+    return value
+
+
 # flips -> the views the network sees, as the (3, H, W) image's axes each one reverses (1: y, 2: x)
 FLIP_VIEWS = {1: ((),), 2: ((), (1, 2)), 4: ((), (1, 2), (1,), (2,))}
 
@@ -58,9 +65,7 @@ class PredictorConfig:
             raise ValueError(f"predict.batch_size must be positive, got {self.batch_size!r}")
         if self.flips not in FLIP_VIEWS:
             raise ValueError(f"predict.flips must be one of {sorted(FLIP_VIEWS)}, got {self.flips!r}")
-        if not 0 <= self.flow_threshold < float("inf"):
-            raise ValueError(f"predict.flow_threshold must be a finite number >= 0 (0: no flow check), got "
-                             f"{self.flow_threshold!r}")
+        check_flow_threshold(self.flow_threshold)
 
 
 @dataclass

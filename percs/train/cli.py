@@ -39,6 +39,8 @@ def add_train_command(sub) -> None:
 def cmd_train_scorer(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from percs.baselines.generic import generic_overrides
+    from percs.predict.predictor import check_flow_threshold
     from percs.train.scorer import ScorerTraining, train_scorer
 
     if args.backbone_weights and not Path(args.backbone_weights).is_file():
@@ -48,15 +50,16 @@ def cmd_train_scorer(args: argparse.Namespace) -> int:
     if bool(args.generic_checkpoint) != bool(args.model_out):
         print("percs train-scorer: error: --generic-checkpoint and --model-out go together", file=sys.stderr)
         return 2
-    predict = {key: value for key, value in (("flow_threshold", args.flow_threshold), ("flips", args.flips))
-               if value is not None}
+    predict = generic_overrides(args)
     if predict and not args.generic_checkpoint:
         print("percs train-scorer: error: --flow-threshold and --flips set the attached model's; they need "
               "--generic-checkpoint", file=sys.stderr)
         return 2
-    if args.flow_threshold is not None and not 0 <= args.flow_threshold < float("inf"):
-        print(f"percs train-scorer: error: --flow-threshold must be a finite number >= 0, got {args.flow_threshold}",
-              file=sys.stderr)
+    try:
+        if args.flow_threshold is not None:
+            check_flow_threshold(args.flow_threshold, "--flow-threshold")
+    except ValueError as error:
+        print(f"percs train-scorer: error: {error}", file=sys.stderr)
         return 2
     if args.generic_checkpoint and not Path(args.generic_checkpoint).is_file():
         print(f"percs train-scorer: error: --generic-checkpoint {args.generic_checkpoint} does not exist",

@@ -18,7 +18,7 @@ import hashlib
 import io
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -273,7 +273,6 @@ def attach_scorer(generic_checkpoint: str | Path, scorer_path: str | Path, thres
     from backbone_weights (as `load_model`); its scorer then replaces any attached one and is stored in float16
     like the rest of its head."""
     from percs.predict.api import load_model
-    from percs.predict.predictor import PredictorConfig
     from percs.predict.shipped import HEAD_ONLY, half_state
     from percs.train.checkpoint import load_checkpoint, save_checkpoint
 
@@ -290,7 +289,7 @@ def attach_scorer(generic_checkpoint: str | Path, scorer_path: str | Path, thres
         record["scorer"] = half_state(record["scorer"])
     state["instance"] = record
     if predict:
-        PredictorConfig(**dict(asdict(config.predict), **predict))  # raises on an unknown key or a bad value
+        replace(config.predict, **predict)  # PredictorConfig raises on an unknown key or a bad value
         state["config"] = dict(state["config"], predict=dict(state["config"]["predict"], **predict))
     save_checkpoint(state, out)
 
