@@ -300,3 +300,37 @@ def test_an_instance_level_model_runs_block_by_block_as_on_the_whole_image(mosai
     # the same window, sampled at centroids computed in the crop's frame and the image's: equal to rounding
     torch.testing.assert_close(vectors, expected[0], rtol=0, atol=1e-3)
     torch.testing.assert_close(descriptors, expected[1], rtol=1e-5, atol=1e-5)
+
+
+def test_blockwise_runs_at_the_references_scale_as_the_whole_image(mosaic, tmp_path):
+    """predict.reference_diameter: every block runs at the scale the reference sets (here half size), with the
+    overlap counted in the image's pixels; the labels agree with the whole image's at that scale."""
+    import dataclasses
+
+    import zarr
+
+    from percs.data.scale import equivalent_diameter
+
+    image, reference_image, reference_mask = mosaic
+    image = image[:1024, :1024]
+    predict = dataclasses.replace(PREDICT, reference_diameter=equivalent_diameter(reference_mask.sum()) / 2)
+
+    class Counting(ThresholdModel):
+        windows = 0
+
+        def forward(self, images, reference_embedding):
+            self.windows += images.shape[0]
+            return super().forward(images, reference_embedding)
+
+    half, full = Counting(), Counting()
+    segmenter = Segmenter(half, predict)
+    reference = segmenter.reference(reference_image, reference_mask)
+    assert reference.scale == 0.5
+    whole = segmenter.segment(image, reference).labels
+    native = Segmenter(full, PREDICT)
+    native.segment(image, native.reference(reference_image, reference_mask))
+    assert whole.shape == image.shape[:2] and whole.max() > 10
+    assert half.windows == 36 and full.windows == 144     # 112-px windows, stride 84, over 512^2 and 1024^2
+    result = segment_blockwise(segmenter, image, reference, tmp_path / "half.zarr",
+                               BlockwiseConfig(block_size=BLOCK, progress=False))
+    assert evaluate(whole, zarr.open_array(str(result.labels), mode="r")[:], 0.5)[0].pooled.ap >= 0.98

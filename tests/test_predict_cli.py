@@ -308,6 +308,8 @@ def test_option_errors_are_refused_before_the_model_loads(tmp_path, cells, no_mo
     expect_error(capsys, run_predict(tmp_path, "--device", "gpu0"), "--device: device 'gpu0' is not a device")
     expect_error(capsys, run_predict(tmp_path, "--flow-threshold", "-0.1"),
                  "--flow-threshold must be a finite number >= 0, got -0.1")
+    expect_error(capsys, run_predict(tmp_path, "--reference-diameter", "-2"),
+                 "--reference-diameter must be 0 (off) or a number of pixels >= 1, got -2.0")
     (tmp_path / "ck.pt").unlink()
     expect_error(capsys, run_predict(tmp_path), f"--checkpoint {tmp_path / 'ck.pt'}: does not exist")
     (tmp_path / "ck.pt").mkdir()
@@ -329,6 +331,28 @@ def test_flow_threshold_replaces_the_models_flow_check(tmp_path, cells, threshol
     assert run_predict(tmp_path) == 0
     assert run_predict(tmp_path, "--flow-threshold", "0", "--overwrite") == 0
     assert set(seen[: len(seen) // 2]) == {0.4} and set(seen[len(seen) // 2:]) == {0.0}
+
+
+def test_reference_diameter_resizes_by_the_reference_and_refuses_one_out_of_range(tmp_path, cells, threshold_model,
+                                                                                monkeypatch, capsys):
+    import percs.predict.predictor as predictor
+    from percs.data.scale import equivalent_diameter
+
+    write_inputs(tmp_path, cells)
+    seen, original = [], predictor.Predictor.fields
+
+    def recorded(self, image, embedding=None, scale=1.0):
+        seen.append(scale)
+        return original(self, image, embedding, scale)
+
+    monkeypatch.setattr(predictor.Predictor, "fields", recorded)
+    across = equivalent_diameter((cells.labels == 1).sum())
+    assert run_predict(tmp_path, "--reference-diameter", str(across * 2)) == 0
+    assert seen and set(seen) == {2.0}
+    for output in (tmp_path / "out").glob("*_labels.tif"):
+        assert tifffile.imread(output).shape == cells.image.shape[:2]
+    assert run_predict(tmp_path, "--reference-diameter", str(across * 40), "--overwrite") == 2
+    assert f"the reference cell is {across:.1f} px across" in capsys.readouterr().err
 
 
 def test_cells_csv_has_unix_line_endings(tmp_path, cells, threshold_model):

@@ -71,7 +71,7 @@ def _found_every_disk(monkeypatch, segmenter, red, green) -> None:
 
     labels = torch.from_numpy(np.where(green > 0, green + 4, red).astype(np.int32))
     found = Prediction(labels, torch.zeros(2, *labels.shape), torch.zeros(labels.shape), torch.zeros(8))
-    monkeypatch.setattr(segmenter.predictor, "predict", lambda image, embedding=None: found)
+    monkeypatch.setattr(segmenter.predictor, "predict", lambda image, embedding=None, scale=1.0: found)
 
 
 @pytest.mark.parametrize("margin", [0.0, 0.5, 3.0])

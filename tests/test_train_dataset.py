@@ -12,6 +12,7 @@ from percs.data.build import BuildConfig, build_benchmark
 from percs.data.dataset import Batch, SamplingConfig, TrainDataset, collate
 from percs.data.format import DatasetError, load_dataset
 from percs.data.io import DataFileError
+from percs.data.scale import equivalent_diameter
 from percs.data.synthetic import write_synthetic_dataset
 from percs.flows import masks_to_flows
 from real_subsets import NOVEL, build_subset_benchmark, import_consep_subset
@@ -212,3 +213,33 @@ def test_reference_type_follows_the_sampling_rule(real, sampling, expected_share
 def test_reference_sampling_is_checked():
     with pytest.raises(ValueError, match="reference_sampling"):
         SamplingConfig(reference_sampling="area").check()
+
+
+@pytest.mark.parametrize("diameter", [20.0, 40.0])
+def test_reference_diameter_resizes_each_item_by_its_reference(real, diameter):
+    """Without jitter the reference cell comes out `diameter` px across (nearest resizing: within 10%) unless its
+    scale met the 4x limit; the crop keeps crop_size, its flows stay unit vectors inside cells, and the cells of the
+    reference's type are resized with it (their median within 2x of the reference's size in 7 of 10 items here)."""
+    config = SamplingConfig(scale_jitter=0.0, absent_fraction=0.0)
+    dataset = TrainDataset(real, "train", config, seed=3, length=10, reference_diameter=diameter)
+    on_size, near = 0, 0
+    for item in (dataset[i] for i in range(10)):
+        assert item.image.shape == (3, 224, 224) and item.reference_mask.shape == (224, 224)
+        assert item.flows.norm(dim=0)[item.instances > 0].max() <= 1 + 1e-5
+        across = equivalent_diameter(float(item.reference_mask.sum()))
+        on_size += abs(across / diameter - 1) < 0.1
+        ids, areas = np.unique(item.instances[item.same_type > 0].numpy(), return_counts=True)
+        if len(ids):
+            near += 0.5 < equivalent_diameter(np.median(areas)) / diameter < 2
+    assert on_size >= 9 and near >= 7
+    jittered = TrainDataset(real, "train", SamplingConfig(scale_jitter=0.25, absent_fraction=0.0), seed=3, length=10,
+                            reference_diameter=diameter)
+    sizes = [equivalent_diameter(float(jittered[i].reference_mask.sum())) / diameter for i in range(10)]
+    assert all(1 / 1.25 - 0.1 < s < 1.25 + 0.1 for s in sizes if s > 0.75) and np.std(sizes) > 0.03
+
+
+def test_reference_diameter_and_jitter_are_checked(real):
+    with pytest.raises(ValueError, match="reference_diameter must be 0 .off. or a number of pixels >= 1"):
+        TrainDataset(real, "train", reference_diameter=-2)
+    with pytest.raises(ValueError, match="scale_jitter is -0.1, expected a finite number >= 0"):
+        SamplingConfig(scale_jitter=-0.1).check()

@@ -131,19 +131,20 @@ def content_key(array: np.ndarray) -> str:
 
 
 class ImageCache:
-    """The last `size` results of `compute(image)`, keyed by the image's content: queries come image by
-    image, and many share a query or reference image."""
+    """The last `size` results of `compute(image, *extra)`, keyed by the image's content and the extra
+    (hashable) arguments, such as the scale the reference sets: queries come image by image, and many share a
+    query or reference image."""
 
-    def __init__(self, compute: Callable[[np.ndarray], object], size: int = 4):
+    def __init__(self, compute: Callable[..., object], size: int = 4):
         self.compute, self.size = compute, size
-        self._entries: OrderedDict[str, object] = OrderedDict()
+        self._entries: OrderedDict[tuple, object] = OrderedDict()
 
-    def __call__(self, image: np.ndarray):
-        key = content_key(image)
+    def __call__(self, image: np.ndarray, *extra):
+        key = (content_key(image), *extra)
         if key in self._entries:
             self._entries.move_to_end(key)
             return self._entries[key]
-        value = self.compute(image)
+        value = self.compute(image, *extra)
         self._entries[key] = value
         while len(self._entries) > self.size:
             self._entries.popitem(last=False)

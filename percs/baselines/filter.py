@@ -138,8 +138,9 @@ def choose_threshold(candidates: list[Candidates], truths: list[np.ndarray],
 class SimilarityFilter:
     """The method: `segment(image, reference_image, reference_mask)` -> (H, W) int32 (see the module docstring).
 
-    source: generic masks, `source(image) -> labels` with a `name`; embedder: a MaskEmbedder; backbone_name:
-    for the method's name. Per-image masks and embeddings are cached (queries come image by image).
+    source: generic masks, `source(image, scale) -> labels` with `scale_of` and a `name`; embedder: a
+    MaskEmbedder; backbone_name: for the method's name. Per-image masks and embeddings are cached (queries come
+    image by image).
     """
 
     def __init__(self, source, embedder: MaskEmbedder, threshold: float, backbone_name: str = "vits14"):
@@ -153,13 +154,13 @@ class SimilarityFilter:
         return (f"filter ({self.source.name} masks + DINOv2 {self.backbone_name} similarity, "
                 f"threshold {self.threshold:g}{self.tuning})")
 
-    def _masks(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
-        labels = self.source(image)
+    def _masks(self, image: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+        labels = self.source(image, scale)
         return (labels, *self.embedder.embed_masks(image, labels))
 
     def candidates(self, image, reference_image, reference_mask) -> Candidates:
-        """The query's generic masks and their similarity to the reference cell."""
-        labels, cells, embeddings = self.masks(image)
+        """The query's generic masks (at the scale the reference sets) and their similarity to the reference."""
+        labels, cells, embeddings = self.masks(image, self.source.scale_of(reference_mask))
         reference = self.embedder.embed_reference(reference_image, reference_mask)
         return Candidates(labels, cells, cosine_similarity(embeddings, reference).cpu().numpy())
 

@@ -1,7 +1,8 @@
 """Generic (class-agnostic) instance masks for the "filter" baseline: every cell of an image, whatever its type.
 
-A source is called as `source(image) -> (H, W) int32 labels` (0 background, 1..N in raster order) on a raw
-image as the dataset stores it, and has a `name` for the method's name.
+A source is called as `source(image, scale) -> (H, W) int32 labels` (0 background, 1..N in raster order) on a
+raw image as the dataset stores it, with `scale = source.scale_of(reference_mask)`, the factor the reference sets
+(`percs.data.scale`), and has a `name` for the method's name.
 
 - `PercsGenericMasks`: a `percs train` checkpoint trained with `model.head.generic=true` (channel 3 learnt as
   "any cell", the reference ignored), through `percs.predict.Predictor` with the checkpoint's predict settings.
@@ -26,8 +27,10 @@ from percs.flows import renumber
 
 
 def generic_overrides(args) -> dict:
-    """The predict settings `percs eval` options give a generic model (--flow-threshold, --flips), when set."""
-    return {key: getattr(args, key) for key in ("flow_threshold", "flips") if getattr(args, key, None) is not None}
+    """The predict settings `percs eval` options give a generic model (--flow-threshold, --flips,
+    --reference-diameter), when set."""
+    return {key: getattr(args, key) for key in ("flow_threshold", "flips", "reference_diameter")
+            if getattr(args, key, None) is not None}
 
 
 class PercsGenericMasks:
@@ -52,9 +55,13 @@ class PercsGenericMasks:
         self.backbone_name = config.model.backbone
         self.name = f"percs generic {_describe(config.model)}"
 
-    def __call__(self, image: np.ndarray) -> np.ndarray:
-        """(H, W) int32 labels of every cell in image (H, W) or (H, W, C)."""
-        return self.predictor.predict(image).labels.cpu().numpy().astype(np.int32, copy=False)
+    def scale_of(self, reference_mask: np.ndarray) -> float:
+        """The factor the reference cell sets (the model's predict.reference_diameter; 1.0 when it is 0)."""
+        return self.predictor.scale_of(reference_mask)
+
+    def __call__(self, image: np.ndarray, scale: float = 1.0) -> np.ndarray:
+        """(H, W) int32 labels of every cell in image (H, W) or (H, W, C), the network run at `scale`."""
+        return self.predictor.predict(image, None, scale).labels.cpu().numpy().astype(np.int32, copy=False)
 
 
 def _describe(model) -> str:
@@ -89,8 +96,14 @@ class CellposeMasks:
         kind = "Cellpose-SAM" if self.model.backbone == "sam_vitl" else f"Cellpose {self.model.backbone}"
         self.name = f"{kind} {path.name}"
 
-    def __call__(self, image: np.ndarray) -> np.ndarray:
+    def scale_of(self, reference_mask: np.ndarray) -> float:
+        """1.0: Cellpose-SAM runs at the image's own scale, whatever the reference's size."""
+        return 1.0
+
+    def __call__(self, image: np.ndarray, scale: float = 1.0) -> np.ndarray:
         """(H, W) int32 labels of every cell; Cellpose normalises the image itself (channels last)."""
+        if scale != 1:
+            raise ValueError(f"scale must be 1 for Cellpose masks (scale_of), got {scale!r}")
         channel_axis = None if image.ndim == 2 else -1
         masks = self.model.eval(image, channel_axis=channel_axis)[0]
         return renumber(np.asarray(masks))

@@ -28,10 +28,16 @@ class CellTable:
         return int(self.labels.size)
 
     def box_of(self, label: int) -> tuple[int, int, int, int]:
+        return tuple(int(v) for v in self.boxes[self._index(label)])
+
+    def area_of(self, label: int) -> int:
+        return int(self.areas[self._index(label)])
+
+    def _index(self, label: int) -> int:
         i = int(np.searchsorted(self.labels, label))
         if i >= self.labels.size or self.labels[i] != label:
             raise KeyError(f"label {label} has no pixels")
-        return tuple(int(v) for v in self.boxes[i])
+        return i
 
 
 def cell_table(labels: np.ndarray) -> CellTable:

@@ -21,7 +21,11 @@ on the DataLoader's workers or their order; call `set_epoch` before each epoch's
    percs-mini the target covered 1.3% of a crop, median) and a frozen-backbone head learned "no" everywhere.
    Its cell is drawn from the split's whole cells of that type (an image uniformly, the query image
    included, then a cell uniformly); the reference image is the `reference_size` window of that image centred
-   on the cell's box, the reference mask that cell in the window; both flipped at random too.
+   on the cell's box, the reference mask that cell in the window; both flipped at random too;
+5. with a `reference_diameter` D (`percs.data.scale`, the rule prediction uses), the crop of step 1 is cut at
+   about crop_size x the image's median cell diameter / D (times a random factor j, log-uniform within
+   `scale_jitter`), and after step 4 the crop and the reference window are resized by D / the reference cell's
+   diameter x j (pixels and flows bilinearly, labels by nearest), and a crop_size window of the crop taken.
 
 Images are normalised by percs.data.normalize.normalize_image on the whole image; flows are computed once per
 image on the whole image with percs.flows.masks_to_flows and cropped; pasted cells bring their own flows (a
@@ -44,6 +48,8 @@ from torch.utils.data import Dataset as TorchDataset
 from percs.data.format import Dataset, load_dataset
 from percs.data.paste import paste_cells, window
 from percs.data.prepared import CellIndex, ImageCache, PreparedImage
+from percs.data.scale import (MAX_SCALE, MIN_SCALE, check_reference_diameter, equivalent_diameter, resize_array,
+                              scaled_shape)
 
 PATCH_SIZE = 14
 REFERENCE_SAMPLING = ("cell", "type")
@@ -65,6 +71,7 @@ class SamplingConfig:
     crop_tries: int = 10
     distractor_types: tuple[str, ...] | None = None
     reference_sampling: str = "cell"
+    scale_jitter: float = 0.25
 
     def check(self) -> None:
         for name in ("crop_size", "reference_size"):
@@ -76,6 +83,8 @@ class SamplingConfig:
                 raise ValueError(f"{name} is {getattr(self, name)}, expected a probability in [0, 1]")
         if self.reference_sampling not in REFERENCE_SAMPLING:
             raise ValueError(f"reference_sampling is {self.reference_sampling!r}, expected one of {REFERENCE_SAMPLING}")
+        if not (np.isfinite(self.scale_jitter) and self.scale_jitter >= 0):
+            raise ValueError(f"scale_jitter is {self.scale_jitter}, expected a finite number >= 0")
         if self.paste_ratio < 0 or self.gap < 1 or self.crop_tries < 1:
             raise ValueError(f"paste_ratio ({self.paste_ratio}) must be >= 0, gap ({self.gap}) and crop_tries "
                              f"({self.crop_tries}) >= 1")
@@ -158,11 +167,16 @@ class TrainDataset(TorchDataset):
     """Training items from one split of a percs dataset (a built benchmark or any dataset with splits).
 
     dataset: a Dataset or its folder. length: items per epoch (default: the number of images of the split).
+    reference_diameter: 0 (the paper) crops every image at its own scale; D > 0 resizes each item so that its
+    reference cell is D pixels across, times a random factor within `config.scale_jitter` (step 5 of the module
+    docstring; `percs.data.scale`, the rule prediction uses).
     """
 
     def __init__(self, dataset: Dataset | str | Path, split: str = "train", config: SamplingConfig = SamplingConfig(),
-                 seed: int = 0, length: int | None = None):
+                 seed: int = 0, length: int | None = None, reference_diameter: float = 0.0):
         config.check()
+        check_reference_diameter(reference_diameter, "reference_diameter")
+        self.reference_diameter = float(reference_diameter)
         self.dataset = dataset if isinstance(dataset, Dataset) else load_dataset(dataset)
         self.records = self.dataset.in_split(split)
         if not self.records:
@@ -191,18 +205,58 @@ class TrainDataset(TorchDataset):
             raise IndexError(f"index {index} is out of range for {self.length} items")
         rng = np.random.default_rng([self.seed, self.epoch, int(index)])
         image_index = index % len(self.records)
-        canvas = self._crop(image_index, rng)
+        jitter = self._jitter(rng) if self.reference_diameter else 1.0
+        canvas = self._crop(image_index, rng, self._native_crop_size(image_index, jitter))
         if self.paste and rng.random() < self.config.paste_probability:
             self._paste(image_index, canvas, rng)
         _flip(canvas, rng, self.config.flip_probability)
         reference_type = self._reference_type(canvas, rng)
-        reference_image, reference_mask = self._reference(reference_type, rng)
+        cell = self.cells.draw(reference_type, rng)
+        scale = 1.0
+        if self.reference_diameter:
+            across = equivalent_diameter(self.cells.tables[cell[0]].area_of(cell[1]))
+            scale = float(np.clip(self.reference_diameter / across * jitter, MIN_SCALE, MAX_SCALE))
+            canvas = self._rescale(canvas, scale, rng, self.cache.image(image_index).fill)
+        reference_image, reference_mask = self._reference(cell, scale, rng)
         return self._item(canvas, reference_type, reference_image, reference_mask)
 
-    def _crop(self, image_index: int, rng: np.random.Generator) -> _Canvas:
+    def _jitter(self, rng: np.random.Generator) -> float:
+        """A random factor, log-uniform in [1 / (1 + scale_jitter), 1 + scale_jitter]."""
+        spread = np.log1p(self.config.scale_jitter)
+        return float(np.exp(rng.uniform(-spread, spread)))
+
+    def _native_crop_size(self, image_index: int, jitter: float) -> int:
+        """The side of the crop cut from the image before it is resized to about crop_size: crop_size at the
+        image's own scale; with a reference_diameter, crop_size over the scale that would bring the image's median
+        cell to it (the reference, drawn after the crop, sets the exact scale)."""
+        S = self.config.crop_size
+        if not self.reference_diameter:
+            return S
+        areas = self.cells.tables[image_index].areas
+        median = equivalent_diameter(np.median(areas)) if areas.size else self.reference_diameter
+        scale = np.clip(self.reference_diameter / median * jitter, MIN_SCALE, MAX_SCALE)
+        return int(np.ceil(S / scale))
+
+    def _rescale(self, canvas: _Canvas, scale: float, rng: np.random.Generator, fill: np.ndarray) -> _Canvas:
+        """The canvas resized by scale (pixels and flows bilinear, labels and valid nearest), then a crop_size
+        window of it at a random offset (padded where it is smaller); cells outside the window are dropped."""
+        S = self.config.crop_size
+        shape = scaled_shape(canvas.labels.shape, scale)
+        labels = resize_array(canvas.labels, shape, "nearest")
+        y0, x0 = (int(rng.integers(min(0, n - S), max(0, n - S) + 1)) for n in shape)
+        labels = window(labels, y0, x0, S, S, 0)
+        present = set(np.unique(labels[labels > 0]).tolist())
+        return _Canvas(window(resize_array(canvas.pixels, shape), y0, x0, S, S, fill), labels,
+                       window(resize_array(canvas.flows, shape), y0, x0, S, S, 0.0),
+                       window(resize_array(canvas.valid, shape, "nearest"), y0, x0, S, S, False),
+                       {k: t for k, t in canvas.types.items() if k in present}, canvas.pasted & present)
+
+    def _crop(self, image_index: int, rng: np.random.Generator, size: int | None = None) -> _Canvas:
+        """A size x size crop (default crop_size) of the image, holding a non-distractor cell where one of
+        crop_tries draws does."""
         image = self.cache.image(image_index)
         types = self.records[image_index].instance_types
-        S, (H, W) = self.config.crop_size, image.labels.shape
+        S, (H, W) = size or self.config.crop_size, image.labels.shape
         for _ in range(self.config.crop_tries):
             y0 = int(rng.integers(min(0, H - S), max(0, H - S) + 1))
             x0 = int(rng.integers(min(0, W - S), max(0, W - S) + 1))
@@ -242,13 +296,17 @@ class TrainDataset(TorchDataset):
             return eligible[int(rng.integers(len(eligible)))]
         return present[int(rng.integers(len(present)))]
 
-    def _reference(self, cell_type: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        index, label, (y0, x0, y1, x1) = self.cells.draw(cell_type, rng)
+    def _reference(self, cell, scale: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """The reference_size window around cell (image index, label, box) of the image resized by scale."""
+        index, label, (y0, x0, y1, x1) = cell
         image: PreparedImage = self.cache.image(index)
         R = self.config.reference_size
-        top, left = (y0 + y1) // 2 - R // 2, (x0 + x1) // 2 - R // 2
-        pixels = window(image.pixels, top, left, R, R, image.fill)
-        mask = (window(image.labels, top, left, R, R, 0) == label).astype(np.float32)
+        side = R if scale == 1 else int(np.ceil(R / scale))
+        top, left = (y0 + y1) // 2 - side // 2, (x0 + x1) // 2 - side // 2
+        pixels = window(image.pixels, top, left, side, side, image.fill)
+        mask = (window(image.labels, top, left, side, side, 0) == label).astype(np.float32)
+        if side != R:
+            pixels, mask = resize_array(pixels, (R, R)), resize_array(mask, (R, R), "nearest")
         if rng.random() < self.config.flip_probability:
             pixels, mask = pixels[:, ::-1], mask[::-1]
         if rng.random() < self.config.flip_probability:

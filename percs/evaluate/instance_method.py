@@ -55,15 +55,15 @@ class InstanceDecision:
         return f"PerCS-DINO instance decision ({self.source.name} masks + learned cell scorer, " \
                f"threshold {self.threshold:g}{self.tuning})"
 
-    def _cells(self, image: np.ndarray):
-        labels = self.source(image)
+    def _cells(self, image: np.ndarray, scale: float):
+        labels = self.source(image, scale)
         tensor = as_input_image(image, self.device)
         cells, vectors, descriptors = self.instance.cells(tensor, torch.from_numpy(labels).to(self.device))
         return labels, cells.cpu().numpy(), vectors, descriptors
 
     def probabilities(self, image, reference_image, reference_mask) -> Candidates:
-        """The query's generic masks and each one's same-type probability."""
-        labels, cells, vectors, descriptors = self.cells(image)
+        """The query's generic masks (at the scale the reference sets) and each one's same-type probability."""
+        labels, cells, vectors, descriptors = self.cells(image, self.source.scale_of(reference_mask))
         if len(cells) == 0:
             return Candidates(labels, cells, np.zeros(0, np.float32))
         reference = self._reference(reference_image, reference_mask)
@@ -76,8 +76,11 @@ class InstanceDecision:
 
     def segment_references(self, image: np.ndarray, positives: list, negatives: list) -> np.ndarray:
         """(H, W) int32: the generic masks kept by `InstanceScorer.decide` against the positive and negative
-        references [(image, mask)]."""
-        labels, cells, vectors, descriptors = self.cells(image)
+        references [(image, mask)]; the masks at the positives' shared scale."""
+        from percs.data.scale import shared_scale
+
+        scale = shared_scale(self.source.scale_of(m) for _, m in positives)
+        labels, cells, vectors, descriptors = self.cells(image, scale)
         made = [[self._reference(i, m) for i, m in group] for group in (positives, negatives)]
         _, keep = self.instance.decide(vectors, descriptors, made[0], made[1])
         return keep_similar(labels, cells, keep.cpu().numpy().astype(np.float32), 0.5)

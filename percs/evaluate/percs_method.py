@@ -25,6 +25,8 @@ PREDICTOR_OPTIONS = {  # option -> (PredictorConfig field, type, help)
     "--min-size": ("min_size", int, "smallest kept mask in pixels"),
     "--flips": ("flips", int, "the network's output averaged over the image and its flips: 1 (none, the paper), "
                               "2 (both axes flipped too) or 4 (each axis too); each view one more network pass"),
+    "--reference-diameter": ("reference_diameter", float, "images resized so that the reference cell is this many "
+                                                          "px across (0: the image's own scale, the paper)"),
     "--precision": ("precision", str, "the network's arithmetic: auto (bfloat16 on a CPU with AMX or AVX512-BF16, "
                                       "else float32), float32 or bfloat16"),
 }
@@ -59,10 +61,10 @@ class PercsMethod:
         self.segmenter, self.name, self.settings = segmenter, name, settings
         self.candidates = ImageCache(self._candidates, cache_size)
 
-    def _candidates(self, image: np.ndarray):
+    def _candidates(self, image: np.ndarray, scale: float):
         from percs.predict.references import find_candidates
 
-        return find_candidates(self.segmenter.predictor, self.segmenter.instance, image)
+        return find_candidates(self.segmenter.predictor, self.segmenter.instance, image, scale)
 
     def segment(self, image: np.ndarray, reference_image: np.ndarray, reference_mask: np.ndarray) -> np.ndarray:
         """(H, W) int32 instances of the reference's type in image (raw arrays as the dataset stores them)."""
@@ -74,9 +76,11 @@ class PercsMethod:
         made = [[self.segmenter.reference(i, m) for i, m in group] for group in (positives, negatives)]
         if self.segmenter.instance is None:
             return self.segmenter.segment(image, references=made[0], negatives=made[1]).labels
+        from percs.data.scale import shared_scale
         from percs.predict.references import decide
 
-        return decide(self.segmenter.instance, self.candidates(image), [r.vectors for r in made[0]],
+        candidates = self.candidates(image, shared_scale(r.scale for r in made[0]))
+        return decide(self.segmenter.instance, candidates, [r.vectors for r in made[0]],
                       [r.vectors for r in made[1]], self.segmenter.min_cell_probability).labels
 
 
@@ -112,7 +116,8 @@ def build_percs_method(args: argparse.Namespace, dataset) -> PercsMethod:
     checkpoint = getattr(args, "checkpoint", None) or None
     weights = given_weights_file(getattr(args, "backbone_weights", None))
     model, config = load_model(checkpoint, device, weights)
-    overrides = {key: getattr(args, option[2:].replace("-", "_")) for option, (key, _, _) in PREDICTOR_OPTIONS.items()}
+    overrides = {key: getattr(args, option[2:].replace("-", "_"), None)
+                 for option, (key, _, _) in PREDICTOR_OPTIONS.items()}
     predictor_config = dataclasses.replace(config.predict, **{k: v for k, v in overrides.items() if v is not None})
     path = checkpoint or default_model()
     model_device = next(model.parameters()).device

@@ -22,6 +22,7 @@ from typing import Iterable, Iterator, Mapping
 import numpy as np
 import torch
 
+from percs.data.scale import shared_scale
 from percs.flows import renumber
 from percs.model.backbone import PATCH_SIZE
 from percs.model.percs_dino import PerCSDino
@@ -127,11 +128,14 @@ class Reference:
     mask: (H, W) bool, the reference cell in its image (for drawing it).
     vectors: for a model with an instance-level decision, the reference's (block vectors (L, C), descriptors
     (D,)) its scorer compares every found cell with; None otherwise.
+    scale: the factor query images are resized by for this reference (`Predictor.scale_of`: 1.0 unless the
+    model's predict.reference_diameter is set).
     """
 
     embedding: torch.Tensor | None
     mask: np.ndarray
     vectors: tuple[torch.Tensor, torch.Tensor] | None = None
+    scale: float = 1.0
 
 
 @dataclass
@@ -281,12 +285,14 @@ class Segmenter:
         """The reference cell of reference_image ((H, W) / (H, W, C) array, or normalised (3, H, W) tensor),
         given as a binary (H, W) reference_mask, or as an (H, W) label image `labels` and a label id `label`."""
         mask = reference_cell_mask(image_shape(reference_image, "reference_image"), reference_mask, labels, label)
+        scale = self.predictor.scale_of(mask)
         if self.instance is not None:
             image = as_input_image(reference_image, self.predictor.device)
-            return Reference(None, mask, self.instance.reference(image, torch.from_numpy(mask).to(image.device)))
+            vectors = self.instance.reference(image, torch.from_numpy(mask).to(image.device))
+            return Reference(None, mask, vectors, scale)
         if self.generic:
-            return Reference(None, mask)
-        return Reference(self.predictor.embed_reference(reference_image, mask), mask)
+            return Reference(None, mask, scale=scale)
+        return Reference(self.predictor.embed_reference(reference_image, mask), mask, scale=scale)
 
     def segment(self, image, reference: Reference | None = None, *, references=None, negatives=None
                 ) -> SegmentationResult:
@@ -303,14 +309,16 @@ class Segmenter:
             from percs.predict.references import decide, find_candidates
 
             self._check_vectors(positives + negatives)
-            candidates = find_candidates(self.predictor, self.instance, image)
+            candidates = find_candidates(self.predictor, self.instance, image,
+                                         shared_scale(r.scale for r in positives))
             return decide(self.instance, candidates, [r.vectors for r in positives], [r.vectors for r in negatives],
                           self.min_cell_probability)
         if len(positives or ()) > 1 or negatives:
             raise ValueError("several references or negatives need a model with an instance-level decision "
                              "(`percs train-scorer --model-out`); this model decides pixel by pixel from one reference")
         reference = positives[0] if positives else None
-        prediction = self.predictor.predict(image, None if reference is None else reference.embedding)
+        prediction = self.predictor.predict(image, None if reference is None else reference.embedding,
+                                            shared_scale(r.scale for r in positives or ()))
         result = SegmentationResult(
             labels=prediction.labels.cpu().numpy().astype(np.int32, copy=False),
             probability=prediction.probability.cpu().numpy().astype(np.float32, copy=False),

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from percs.data.io import read_npz
+from percs.data.scale import shared_scale
 from percs.predict.blocks import (Block, OwnedCells, assemble_core, block_grid, closing_lookup, global_ids,
                                   neighbours, owned_cells)
 from percs.predict.dask_runner import DaskRunner
@@ -102,6 +104,7 @@ class BlockInputs:
     scratch: str
     labels: str
     references: tuple | None = None  # instance-level models: ([positive (vectors, descriptors)], [negative])
+    scale: float = 1.0  # the references' (`percs.data.scale`): the network runs on each block resized by it
 
 
 def segment_blockwise(segmenter, image, reference, labels_path: str | Path,
@@ -122,7 +125,8 @@ def segment_blockwise(segmenter, image, reference, labels_path: str | Path,
         raise ValueError("the instance decision's margin (keep the cells near the image's best match) needs the "
                          "whole image; block by block it would keep cells in every block: set it to None")
     mask = None if reference is None else reference.mask
-    overlap = config.overlap if config.overlap is not None else default_overlap(mask, predict.window)
+    scale = shared_scale(_scale_of(segmenter, r) for r in (reference, *positives) if r is not None)
+    overlap = config.overlap if config.overlap is not None else default_overlap(mask, predict.window, scale)
     grid = block_grid(source.shape, config.block_size, overlap, predict.stride)
     labels_path = Path(labels_path)
     scratch = Path(str(labels_path) + ".blocks")
@@ -139,9 +143,10 @@ def segment_blockwise(segmenter, image, reference, labels_path: str | Path,
         else:
             embedding = None if embedding is None else embedding.cpu()
         settings = _settings(segmenter, source, references or embedding, config.block_size, overlap, ranges)
+        settings["scale"] = scale
         resumed = _prepare_scratch(scratch, settings, config.restart)
         inputs = BlockInputs(segmenter.model, predict, embedding, source, ranges, segmenter.min_cell_probability,
-                             str(scratch), str(labels_path), references)
+                             str(scratch), str(labels_path), references, scale)
         shared = runner.share(inputs)
         summaries = runner.map(predict_block, blocks, shared, desc="blocks")
         lookups = global_ids([s.anchors for s in summaries], source.shape[1])
@@ -188,14 +193,15 @@ def _scores(summaries: list[OwnedCells], lookups: list[np.ndarray]) -> np.ndarra
     return scores
 
 
-def default_overlap(reference_mask: np.ndarray | None, window: int) -> int:
-    """The predictor's window + 2 x the reference cell's diameter (the longer side of the bounding box of
-    reference_mask, (H, W) bool)."""
+def default_overlap(reference_mask: np.ndarray | None, window: int, scale: float = 1.0) -> int:
+    """The predictor's window (in the image's pixels: window / scale, the network running on blocks resized by
+    scale) + 2 x the reference cell's diameter (the longer side of the bounding box of reference_mask, (H, W)
+    bool)."""
     if reference_mask is None:
         raise ValueError("overlap is needed without a reference cell (BlockwiseConfig.overlap): about the window "
                          "plus twice the largest cell's diameter, in pixels")
     rows, cols = np.nonzero(reference_mask)
-    return int(window + 2 * max(rows.max() - rows.min() + 1, cols.max() - cols.min() + 1))
+    return int(math.ceil(window / scale) + 2 * max(rows.max() - rows.min() + 1, cols.max() - cols.min() + 1))
 
 
 def predict_block(block: Block, inputs: BlockInputs) -> OwnedCells:
@@ -212,7 +218,7 @@ def predict_block(block: Block, inputs: BlockInputs) -> OwnedCells:
         cy0, cy1, cx0, cx1 = block.context
         image = torch.from_numpy(normalize_with_ranges(inputs.source.read(cy0, cy1, cx0, cx1), inputs.ranges))
         predictor = Predictor(inputs.model, inputs.predict)
-        flows, logits = predictor.fields(image, inputs.embedding)
+        flows, logits = predictor.fields(image, inputs.embedding, inputs.scale)
         height, width = inputs.source.shape
         config = inputs.predict
         fraction = min(1.0, MAX_SIZE_FRACTION * height * width / ((cy1 - cy0) * (cx1 - cx0)))
@@ -285,6 +291,13 @@ def _ranges(runner: DaskRunner, source: ImageSource, blocks: list[Block]) -> dic
     return ranges_from_statistics(merge_statistics(parts))
 
 
+def _scale_of(segmenter, reference) -> float:
+    """The scale a Reference carries, or the one a ReferenceRegion's mask sets."""
+    if isinstance(reference, ReferenceRegion):
+        return segmenter.predictor.scale_of(np.asarray(reference.mask, bool))
+    return reference.scale
+
+
 def _embedding(segmenter, reference, ranges):
     """The reference's embedding, or for an instance-level model its (vectors, descriptors)."""
     if not isinstance(reference, ReferenceRegion):
@@ -317,7 +330,8 @@ def reference_region_embedding(segmenter, region: ReferenceRegion, ranges: dict 
         with DaskRunner(progress=False) as runner:
             grid = block_grid(region.source.shape, 2048, 0, 1)
             ranges = _ranges(runner, region.source, [b for row in grid for b in row])
-    side = segmenter.predictor.config.reference_window
+    # the reference window, in this image's pixels before embed_reference resizes the crop by the scale
+    side = math.ceil(segmenter.predictor.config.reference_window / segmenter.predictor.scale_of(mask))
     rows, cols = np.nonzero(mask)
     y0, x0 = max(0, y + rows.min() - side), max(0, x + cols.min() - side)
     y1, x1 = min(height, y + rows.max() + 1 + side), min(width, x + cols.max() + 1 + side)

@@ -22,10 +22,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
         return 2
     try:
         predict = {key: value for key, value in (("precision", args.precision), ("flow_threshold", args.flow_threshold),
-                                                 ("flips", args.flips)) if value is not None}
+                                                 ("flips", args.flips), ("reference_diameter", args.reference_diameter))
+                   if value is not None}
         segmenter = Segmenter.from_checkpoint(args.checkpoint, args.device, predict or None,
                                               min_cell_probability=args.min_cell_probability,
                                               backbone_weights=args.backbone_weights)
+        segmenter.predictor.scale_of(region.mask if region else reference_mask)  # a reference out of range: here
         blockwise = _blockwise_config(args, segmenter, region.mask if region else reference_mask, jobs)
         if extra is not None and segmenter.instance is None:
             raise ValueError("several references or negatives need a model with an instance-level decision (the "
@@ -102,6 +104,7 @@ def _checked_inputs(args: argparse.Namespace):
     image and mask None. _InputError otherwise."""
     from percs.predict.api import resolve_device
     from percs.data.io import DataFileError, check_file
+    from percs.data.scale import check_reference_diameter
     from percs.predict.predictor import check_flow_threshold
     from percs.predict.files import check_images, find_images, plan_outputs
     from percs.predict.large_images import is_blockwise
@@ -120,11 +123,13 @@ def _checked_inputs(args: argparse.Namespace):
         raise _InputError([f"--min-cell-probability must be in [0, 1], got {args.min_cell_probability}"])
     if args.decision_margin is not None and not 0 <= args.decision_margin < float("inf"):
         raise _InputError([f"--decision-margin must be a finite number >= 0, got {args.decision_margin}"])
-    if args.flow_threshold is not None:
-        try:
+    try:
+        if args.flow_threshold is not None:
             check_flow_threshold(args.flow_threshold, "--flow-threshold")
-        except ValueError as error:
-            raise _InputError([str(error)]) from None
+        if args.reference_diameter is not None:
+            check_reference_diameter(args.reference_diameter, "--reference-diameter")
+    except ValueError as error:
+        raise _InputError([str(error)]) from None
     try:
         resolve_device(args.device)
     except ValueError as error:
@@ -272,6 +277,10 @@ def add_predict_command(sub) -> None:
     p.add_argument("--flips", type=int, choices=(1, 2, 4), metavar="N",
                    help="average the network's output over the image and its flips: 1 (none), 2 or 4 views, each "
                         "one more network pass (default: the model's, 1)")
+    p.add_argument("--reference-diameter", type=float, metavar="D",
+                   help="resize each image so that the reference cell is D px across before the network runs, "
+                        "labels back at the image's size; 0 runs at the image's own scale (default: the model's, "
+                        "what it was trained with)")
     p.add_argument("--overwrite", action="store_true", help="replace outputs that already exist in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     g = p.add_argument_group("large images", "Zarr / OME-Zarr stores and TIFFs over 64 MP are segmented block by "

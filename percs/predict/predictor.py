@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from percs.data.scale import check_reference_diameter, reference_scale, resize, scaled_shape
 from percs.flows import flows_to_masks
 from percs.model.backbone import PATCH_SIZE
 from percs.model.precision import check_precision, inference_precision
@@ -40,7 +41,10 @@ class PredictorConfig:
     """Sliding windows (the paper's 224 / 168), reference window, batching, `flows_to_masks` settings, the
     network's arithmetic (`percs.model.precision`: "auto" is bfloat16 on CPUs that compute it natively), and
     `flips`: the network's output averaged over the image and its flips (`FLIP_VIEWS`: 1 the image alone, as the
-    paper; 2 adds it flipped on both axes; 4 on each axis too), each view costing one more network pass."""
+    paper; 2 adds it flipped on both axes; 4 on each axis too), each view costing one more network pass.
+    reference_diameter: 0 (the paper) runs every image at its own scale; D > 0 resizes the query and the reference
+    so that the reference cell is D pixels across (`percs.data.scale`, the rule training uses), labels back at the
+    input's size."""
 
     window: int = 224
     stride: int = 168
@@ -52,9 +56,11 @@ class PredictorConfig:
     min_size: int = 15
     precision: str = "auto"
     flips: int = 1
+    reference_diameter: float = 0.0
 
     def __post_init__(self) -> None:
         check_precision(self.precision, "predict.precision")
+        check_reference_diameter(self.reference_diameter)
         for key in ("window", "reference_window"):
             value = getattr(self, key)
             if value <= 0 or value % PATCH_SIZE:
@@ -151,25 +157,50 @@ class Predictor:
         """The device of the model's parameters, where every step of the prediction runs."""
         return next(self.model.parameters()).device
 
+    def scale_of(self, reference_mask) -> float:
+        """The factor query and reference images are resized by for this reference cell (`reference_scale` of
+        predict.reference_diameter; 1.0 when it is 0): pass it to `fields` / `predict`."""
+        return reference_scale(reference_mask, self.config.reference_diameter)
+
     def embed_reference(self, reference_image, reference_mask) -> torch.Tensor:
         """(C,) embedding of a reference cell: reference_image as `as_input_image` takes it (any size), and
-        reference_mask (H, W) bool or {0, 1}, the cell. The backbone sees the `reference_window` around it."""
+        reference_mask (H, W) bool or {0, 1}, the cell. The backbone sees the `reference_window` around it, in
+        the image resized by `scale_of(reference_mask)`."""
         image = as_input_image(reference_image, self.device)
         mask = torch.as_tensor(reference_mask, device=self.device)
         if tuple(mask.shape) != tuple(image.shape[1:]):
             raise ValueError(f"reference_mask has shape {tuple(mask.shape)}, expected {tuple(image.shape[1:])}")
+        scale = self.scale_of(mask)
+        if scale != 1:
+            shape = scaled_shape(tuple(image.shape[1:]), scale)
+            image, mask = resize(image, shape), resize(mask[None].float(), shape, "nearest")[0]
+            if not mask.any():
+                raise ValueError("reference_mask vanishes when resized by predict.reference_diameter")
         window, window_mask = reference_window(image, mask != 0, self.config.reference_window)
         with self._inference():
             return self.model.embed_reference(window[None], window_mask[None])[0].float()
 
-    def fields(self, image, reference_embedding: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def fields(self, image, reference_embedding: torch.Tensor | None = None, scale: float = 1.0
+               ) -> tuple[torch.Tensor, torch.Tensor]:
         """Stitched model output for one image: (flows (2, H, W), same-type logits (H, W)), float32.
 
         image: as `as_input_image` takes it. reference_embedding: (C,) from `embed_reference`; None (and
-        ignored) for a generic model.
+        ignored) for a generic model. scale: the network runs on the image resized by it (`scale_of` the
+        reference mask), its output resized back to (H, W).
         """
         image = as_input_image(image, self.device)
         embedding = self._check_embedding(reference_embedding)
+        if scale == 1:
+            return self._averaged_fields(image, embedding)
+        if not (math.isfinite(scale) and scale > 0):
+            raise ValueError(f"scale must be a finite number > 0, got {scale!r}")
+        flows, logits = self._averaged_fields(resize(image, scaled_shape(tuple(image.shape[1:]), scale)), embedding)
+        fields = resize(torch.cat((flows, logits[None])), tuple(image.shape[1:]))
+        return fields[:2].contiguous(), fields[2].contiguous()
+
+    def _averaged_fields(self, image: torch.Tensor, embedding: torch.Tensor | None
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`fields` of a (3, H, W) input image at its size: the mean of the views of `flips`."""
         views = FLIP_VIEWS[self.config.flips]
         flows, logits = self._view_fields(image, embedding, ())
         for axes in views[1:]:  # each view's output flipped back; a reversed axis negates its flow component
@@ -204,9 +235,9 @@ class Predictor:
         fields = (total / count)[:, :height, :width]
         return fields[:2].contiguous(), fields[2].contiguous()
 
-    def predict(self, image, reference_embedding: torch.Tensor | None = None) -> Prediction:
+    def predict(self, image, reference_embedding: torch.Tensor | None = None, scale: float = 1.0) -> Prediction:
         """Instance masks of the reference's type in one image (see `fields` for the arguments)."""
-        flows, logits = self.fields(image, reference_embedding)
+        flows, logits = self.fields(image, reference_embedding, scale)
         config = self.config
         labels = flows_to_masks(
             flows,

@@ -41,11 +41,12 @@ class CellCandidates:
     negatives: tuple = ()
 
 
-def find_candidates(predictor, instance, image) -> CellCandidates:
-    """The generic prediction of image (as `Predictor.predict` takes it) and its cells embedded by `instance`."""
+def find_candidates(predictor, instance, image, scale: float = 1.0) -> CellCandidates:
+    """The generic prediction of image (as `Predictor.predict` takes it; at `scale`, the references' scale) and
+    its cells embedded by `instance`."""
     from percs.predict.predictor import as_input_image
 
-    prediction = predictor.predict(image)
+    prediction = predictor.predict(image, None, scale)
     tensor = as_input_image(image, predictor.device)
     labels = prediction.labels.to(torch.int64)
     cells, vectors, descriptors = instance.cells(tensor, labels)

@@ -106,7 +106,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.amp_dtype == torch.float16)
         self.dataset = load_dataset(config.data.dataset)
         self.train_set = TrainDataset(self.dataset, config.data.train_split, config.data.sampling,
-                                      config.train.seed, config.data.items_per_epoch or None)
+                                      config.train.seed, config.data.items_per_epoch or None,
+                                      config.predict.reference_diameter)
         self.trained_on = training_data(self.dataset, config.data.train_split, self.train_set.reference_types)
         self.report = report if report is not None else (console_report if config.log.progress else None)
         cache = config.train.feature_cache

@@ -43,10 +43,12 @@ class Validator:
             image, labels = self._read(query.image)
             wanted = self.dataset.record(query.image).labels_of_type(query.target_type)
             true_labels.append(np.where(np.isin(labels, wanted), labels, 0))
+            reference_image, reference_labels = self._read(query.reference_image)
+            reference_mask = reference_labels == query.reference_label
             embedding = None
             if not getattr(model, "generic", False):
-                reference_image, reference_labels = self._read(query.reference_image)
-                embedding = predictor.embed_reference(reference_image, reference_labels == query.reference_label)
-            pred_labels.append(predictor.predict(image, embedding).labels.cpu().numpy())
+                embedding = predictor.embed_reference(reference_image, reference_mask)
+            scale = predictor.scale_of(reference_mask)
+            pred_labels.append(predictor.predict(image, embedding, scale).labels.cpu().numpy())
         at50, at30 = evaluate(true_labels, pred_labels, thresholds=(0.5, 0.3))
         return {"ap50": float(at50.pooled.ap), "ap30": float(at30.pooled.ap), "queries": len(self.queries)}
