@@ -27,8 +27,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         segmenter = Segmenter.from_checkpoint(args.checkpoint, args.device, predict or None,
                                               min_cell_probability=args.min_cell_probability,
                                               backbone_weights=args.backbone_weights)
-        segmenter.predictor.scale_of(region.mask if region else reference_mask)  # a reference out of range: here
-        blockwise = _blockwise_config(args, segmenter, region.mask if region else reference_mask, jobs)
+        mask = region.mask if region else reference_mask
+        segmenter.predictor.scale_of(mask)  # a reference out of the scale's range is refused here, before any image
+        blockwise = _blockwise_config(args, segmenter, mask, jobs)
         if extra is not None and segmenter.instance is None:
             raise ValueError("several references or negatives need a model with an instance-level decision (the "
                              "default model has one)")
