@@ -28,9 +28,12 @@ from percs.predict import as_input_image
 
 @torch.no_grad()
 def split_queries(dataset, split: str, backbone, layers, every: int = 1, embedding: str = "patch", size: int = 56,
-                  context: float = 2.0) -> list[dict]:
+                  context: float = 2.0, keep_tokens: int | None = None) -> list[dict]:
     """Per query: every true cell's pooled vectors and descriptors, the reference's, and the target flags, each
-    embedded as the instance-level decision embeds them (`InstanceScorer.cells` / `reference`)."""
+    embedded as the instance-level decision embeds them (`InstanceScorer.cells` / `reference`); keep_tokens=k
+    (window embedding): also the windows' tokens after block k, for a scorer with a fine-tuned tail."""
+    from percs.model.instance import cell_descriptors
+    from percs.train.scorer import window_tokens
     from tqdm import tqdm
 
     from percs.evaluate.runner import split_queries as queries_of
@@ -42,17 +45,30 @@ def split_queries(dataset, split: str, backbone, layers, every: int = 1, embeddi
             record = dataset.record(q.image)
             labels = torch.from_numpy(dataset.read_labels(record).astype(np.int64))
             image = as_input_image(dataset.read_image(record), torch.device("cpu"))
-            cells, vectors, descriptors = embedder.cells(image, labels)
+            tokens = {}
+            if keep_tokens is None:
+                cells, vectors, descriptors = embedder.cells(image, labels)
+            else:
+                cells, vectors, tokens["tokens"], tokens["coverage"] = window_tokens(embedder, image, labels,
+                                                                                      keep_tokens)
+                descriptors = cell_descriptors(image, labels)[1]
             types = np.array([record.type_of(int(c)) for c in cells])
-            per_image[q.image] = (vectors, descriptors, types)
-        vectors, descriptors, types = per_image[q.image]
+            per_image[q.image] = (vectors, descriptors, types, tokens)
+        vectors, descriptors, types, tokens = per_image[q.image]
         ref_record = dataset.record(q.reference_image)
         ref_image = as_input_image(dataset.read_image(ref_record), torch.device("cpu"))
         ref_mask = torch.from_numpy(dataset.read_labels(ref_record) == q.reference_label)
-        ref_vectors, ref_descriptors = embedder.reference(ref_image, ref_mask)
+        if keep_tokens is None:
+            ref_vectors, ref_descriptors = embedder.reference(ref_image, ref_mask)
+        else:
+            mask = ref_mask.to(torch.int64)
+            _, ref_vectors, ref_tokens, ref_coverage = window_tokens(embedder, ref_image, mask, keep_tokens)
+            ref_vectors, ref_descriptors = ref_vectors[0], cell_descriptors(ref_image, mask)[1][0]
+            tokens = dict(tokens, reference_tokens=ref_tokens[0], reference_coverage=ref_coverage[0],
+                          token_start=keep_tokens)
         out.append(dict(cells=vectors, descriptors=descriptors, target=torch.from_numpy(types == q.target_type),
                         reference=ref_vectors, reference_descriptors=ref_descriptors, origin=q.origin,
-                        target_type=q.target_type))
+                        target_type=q.target_type, **tokens))
     return out
 
 
@@ -65,7 +81,11 @@ def auc(scores: np.ndarray, positive: np.ndarray) -> float:
 
 
 @torch.no_grad()
-def cue_aucs(queries: list[dict], layers, scorer=None) -> dict[str, list[float]]:
+def cue_aucs(queries: list[dict], layers, scorer=None, backbone=None) -> dict[str, list[float]]:
+    """Per-query AUCs of each cue (and of the scorer; one with a fine-tuned tail re-embeds the tuned blocks from
+    the kept tokens through `backbone`)."""
+    from percs.model.instance import tail_vectors
+
     result = {f"cos_layer{l}": [] for l in layers} | {"neg_abs_log_area": []}
     if scorer is not None:
         result["scorer"] = []
@@ -78,7 +98,17 @@ def cue_aucs(queries: list[dict], layers, scorer=None) -> dict[str, list[float]]
         log_area = q["descriptors"][:, 0].numpy()
         result["neg_abs_log_area"].append(auc(-np.abs(log_area - float(q["reference_descriptors"][0])), target))
         if scorer is not None:
-            logits = scorer(q["cells"].float(), q["reference"].float(), q["descriptors"], q["reference_descriptors"])
+            cells, reference = q["cells"].float(), q["reference"].float()
+            if scorer.tail is not None:
+                start = len(backbone.blocks) - len(scorer.tail)
+                if q.get("token_start") != start:
+                    raise SystemExit(f"the cached vectors hold no tokens after block {start}: use --keep-tokens {start}")
+                tuned = [i for i, layer in enumerate(layers) if layer > start]
+                cells, reference = cells.clone(), reference.clone()
+                cells[:, tuned] = tail_vectors(backbone, scorer.tail, q["tokens"], q["coverage"], start, layers)
+                reference[tuned] = tail_vectors(backbone, scorer.tail, q["reference_tokens"][None],
+                                                q["reference_coverage"][None], start, layers)[0]
+            logits = scorer(cells, reference, q["descriptors"], q["reference_descriptors"])
             result["scorer"].append(auc(logits.numpy(), target))
     return result
 
@@ -96,6 +126,9 @@ def main() -> None:
                         help="cells pooled from the image's features (patch) or each alone at one scale (window)")
     parser.add_argument("--window-size", type=int, default=56, help="window embedding: pixels of each window")
     parser.add_argument("--context", type=float, default=2.0, help="window embedding: window side / cell diameter")
+    parser.add_argument("--keep-tokens", type=int, metavar="K",
+                        help="window embedding: keep the tokens after block K too (for --scorer with K = 12 - its "
+                             "tuned blocks, `percs train-scorer --tune-blocks`)")
     args = parser.parse_args()
     layers = tuple(int(l) for l in args.layers.split(","))
     cache = Path(args.cache)
@@ -114,16 +147,18 @@ def main() -> None:
         suffix = "" if args.embedding == "patch" else f"_{args.embedding}"
         if args.embedding == "window" and (args.window_size, args.context) != (56, 2.0):
             suffix += f"{args.window_size}x{args.context:g}"
+        if args.keep_tokens is not None:
+            suffix += f"_tokens{args.keep_tokens}"
         path = cache / f"{dataset.name}_{split}_every{args.every}_layers{'-'.join(map(str, layers))}{suffix}.pt"
         if path.exists():
             queries = torch.load(path, weights_only=False)
         else:
             start = time.time()
             queries = split_queries(dataset, split, backbone, layers, args.every, args.embedding, args.window_size,
-                                    args.context)
+                                    args.context, args.keep_tokens)
             torch.save(queries, path)
             print(f"{split}: vectors in {time.time() - start:.0f} s", flush=True)
-        aucs = cue_aucs(queries, layers, scorer)
+        aucs = cue_aucs(queries, layers, scorer, backbone)
         report[split] = {k: round(float(np.nanmean(v)), 4) for k, v in aucs.items()}
         if scorer is not None:
             pasted = [i for i, q in enumerate(queries) if q["origin"] == "pasted"]

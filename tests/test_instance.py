@@ -14,8 +14,8 @@ from skimage.measure import regionprops_table
 from baseline_helpers import generic_checkpoint, red_and_green_disks
 from model_helpers import tiny_model
 from percs.model.backbone import BackboneSpec, DinoVisionTransformer
-from percs.model.instance import (DESCRIPTORS, CellScorer, block_features, cell_descriptors, group_standardise,
-                                  image_block_features, pad_to_grid, pool_cells)
+from percs.model.instance import (DESCRIPTORS, CellScorer, block_features, cell_descriptors, cell_windows,
+                                  group_standardise, image_block_features, pad_to_grid, pool_cells, window_vectors)
 from percs.train.scorer import (ScorerTraining, backbone_fingerprint, batch_of, collect_pairs, fit_scorer,
                                 load_scorer, save_scorer, within_image_ranking_loss)
 from train_helpers import make_benchmark
@@ -109,6 +109,12 @@ def test_group_standardise_centres_and_scales_each_group():
     for g in (0, 1):
         assert abs(float(out[groups == g].mean())) < 1e-6
     torch.testing.assert_close(out[:2, 0], torch.tensor([-1.0, 1.0]) / (1 + 1e-3))
+    # a group of one value (variance 0) standardises to 0 with a finite gradient (a tuned tail trains through it)
+    values = torch.tensor([[1.0], [3.0], [5.0]], requires_grad=True)
+    out = group_standardise(values, torch.tensor([0, 0, 1]), 2)
+    assert float(out[2, 0].detach()) == 0.0
+    out.sum().backward()
+    assert torch.isfinite(values.grad).all()
 
 
 def test_scorer_is_equivariant_to_the_order_of_cells_and_checks_shapes():
@@ -377,4 +383,106 @@ def test_train_scorer_flow_threshold_needs_the_attached_model_and_a_valid_value(
     for bad in ("-0.5", "inf", "nan"):
         assert main(base + attached + ["--flow-threshold", bad]) == 2
         assert "--flow-threshold must be a finite number >= 0" in capsys.readouterr().err
+    for bad in (["--tune-blocks", "-1"], ["--tune-blocks", "1", "--tune-lr", "0"], ["--tune-lr", "nan"]):
+        assert main(base + bad) == 2
+        assert "--tune-blocks must be >= 0" in capsys.readouterr().err
+    assert main(base + ["--tune-blocks", "1", "--embedding", "patch"]) == 2
+    assert "--tune-blocks needs --embedding window" in capsys.readouterr().err
     assert not (tmp_path / "scorer.pt").exists()
+
+
+@pytest.mark.parametrize("registers", [0, 4])
+def test_a_backbone_tail_replaces_its_last_blocks_and_continues_from_kept_tokens(registers):
+    backbone = small_backbone(depth=3, registers=registers)
+    images = torch.randn(2, 3, 28, 42)
+    with torch.no_grad():
+        plain = backbone(images, blocks=(1, 3))
+        same = backbone(images, blocks=(1, 3), tail=torch.nn.ModuleList(copy.deepcopy(backbone.blocks[1:])),
+                        keep_tokens=1)
+        for a, b in zip(plain.blocks, same.blocks):
+            torch.testing.assert_close(a, b)
+        assert plain.tokens is None and same.tokens.shape == (2, 1 + registers + 6, 32)
+        continued, _, _ = backbone.run_blocks(same.tokens, (2, 3), (3,), start=1)
+        torch.testing.assert_close(continued[0], plain.blocks[1])
+        tail = torch.nn.ModuleList([copy.deepcopy(backbone.blocks[2])])
+        torch.nn.init.normal_(tail[0].mlp.fc1.weight)
+        changed = backbone(images, blocks=(1, 2, 3), tail=tail)
+    torch.testing.assert_close(changed.blocks[0], plain.blocks[0])     # blocks before the tail are untouched
+    assert not torch.allclose(changed.blocks[2], plain.blocks[1])
+    with pytest.raises(ValueError, match="keep_tokens must be a block number in 1..3"):
+        backbone(images, keep_tokens=4)
+    with pytest.raises(ValueError, match="come before start=2"):
+        backbone.run_blocks(same.tokens, (2, 3), (1,), start=2)
+
+
+def test_a_fine_tuned_tail_is_trained_from_kept_tokens_and_embeds_cells_as_it_was_trained(tmp_path):
+    from percs.model.instance import InstanceScorer, tail_vectors
+    from percs.train.scorer import scorer_from_record
+
+    bench = make_benchmark(tmp_path)
+    backbone = small_backbone(depth=2)
+    for parameter in backbone.parameters():
+        parameter.requires_grad_(False)
+    frozen = copy.deepcopy(backbone.state_dict())
+    pairs = collect_pairs(bench, backbone, items=6, seed=0, layers=(1, 2), progress=False, keep_tokens=1)
+    first = pairs[0]
+    assert first["token_start"] == 1 and first["tokens"].shape == (len(first["target"]), 17, 32)
+    assert first["coverage"].shape == (len(first["target"]), 4, 4) and first["reference_tokens"].shape == (17, 32)
+    with torch.no_grad():
+        recomputed = tail_vectors(backbone, None, first["tokens"], first["coverage"], 1, (1, 2))
+    torch.testing.assert_close(recomputed[:, 0], first["cells"][:, 1].float(), atol=2e-2, rtol=1e-2)
+
+    settings = ScorerTraining(layers=(1, 2), epochs=3, batch_crops=2, tune_blocks=1, tune_lr=1e-3)
+    scorer = fit_scorer(pairs, settings, progress=False, backbone=backbone)
+    assert scorer.tail is not None and len(scorer.tail) == 1
+    assert not torch.allclose(scorer.tail[0].mlp.fc1.weight, backbone.blocks[1].mlp.fc1.weight)
+    for name, tensor in backbone.state_dict().items():                     # the backbone itself is not trained
+        torch.testing.assert_close(tensor, frozen[name])
+
+    # inference embeds every cell through the tuned tail, as the fit did from the kept tokens
+    item_image = torch.from_numpy(np.random.default_rng(1).normal(size=(3, 40, 50)).astype(np.float32))
+    labels = torch.zeros(40, 50, dtype=torch.int64)
+    labels[4:14, 4:16], labels[20:34, 25:45] = 1, 2
+    instance = InstanceScorer(backbone, scorer, (1, 2), "window")
+    _, vectors, _ = instance.cells(item_image, labels)
+    _, windows, masks = cell_windows(item_image, labels)
+    with torch.no_grad():
+        _, tokens, coverage = window_vectors(backbone, windows, masks, (1, 2), keep_tokens=1)
+        tuned = tail_vectors(backbone, scorer.tail, tokens, coverage, 1, (1, 2))
+        untuned = window_vectors(backbone, windows, masks, (1, 2))
+    torch.testing.assert_close(vectors[:, 1], tuned[:, 0], atol=2e-2, rtol=1e-2)
+    torch.testing.assert_close(vectors[:, 0], untuned[:, 0])                # block 1 stays the frozen one
+    assert not torch.allclose(vectors[:, 1], untuned[:, 1], atol=1e-2)
+
+    path = tmp_path / "tuned.pt"                 # the tail is rebuilt for the named variant: vits14 is not this one
+    save_scorer(path, scorer, settings, "vits14", {"dataset": "tiny"}, 1.0, "f")
+    with pytest.raises(ValueError, match="do not fit its recorded shape .backbone 'vits14', tune_blocks 1"):
+        load_scorer(path)
+    record = torch.load(path, weights_only=True)
+    assert record["settings"]["tune_blocks"] == 1 and any(k.startswith("tail.0.") for k in record["scorer"])
+    with pytest.raises(ValueError, match="is not a DINOv2 variant"):
+        scorer_from_record(dict(record, backbone="tiny"))
+    from percs.model.backbone import Block, backbone_spec
+    from percs.predict.shipped import half_state
+
+    torch.manual_seed(0)
+    big = CellScorer(1, 384, tail=torch.nn.ModuleList([Block(backbone_spec("vits14"))])).eval()
+    save_scorer(tmp_path / "big.pt", big, ScorerTraining(layers=(12,), tune_blocks=1), "vits14", {}, 0.0, "f")
+    loaded, record = load_scorer(tmp_path / "big.pt")
+    for name, tensor in big.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], tensor)
+    halved = scorer_from_record(dict(record, scorer=half_state(record["scorer"])))     # as a shipped model stores it
+    torch.testing.assert_close(halved.tail[0].attn.qkv.weight, big.tail[0].attn.qkv.weight, atol=1e-3, rtol=1e-3)
+    with pytest.raises(ValueError, match="do not hold the tokens after block 1"):
+        fit_scorer(collect_pairs(bench, backbone, items=2, seed=0, layers=(1, 2), progress=False), settings,
+                   progress=False, backbone=backbone)
+    with pytest.raises(ValueError, match="tune_blocks needs the backbone"):
+        fit_scorer(pairs, settings, progress=False)
+    with pytest.raises(ValueError, match="tune_blocks needs the window embedding"):
+        ScorerTraining(tune_blocks=1, embedding="patch")
+    with pytest.raises(ValueError, match="tune_blocks must be an integer >= 0"):
+        ScorerTraining(tune_blocks=-1)
+    with pytest.raises(ValueError, match="which no layer of"):
+        fit_scorer(pairs, ScorerTraining(layers=(1,), tune_blocks=1), progress=False, backbone=backbone)
+    with pytest.raises(ValueError, match="embedding must be 'window'"):
+        InstanceScorer(backbone, scorer, (1, 2), "patch")

@@ -78,12 +78,15 @@ class BackboneOutput:
     register_tokens: (B, R, C), R = 0 for the variants without registers.
     blocks: the patch tokens after each block asked for with `forward(images, blocks=...)`, each through the
     final LayerNorm as DINOv2's `get_intermediate_layers(norm=True)`, as (B, C, H/14, W/14) feature maps.
+    tokens: with `forward(images, keep_tokens=k)`, every token after block k, before any norm: (B, N, C), class
+    token first, then registers, then patches (what `run_blocks` continues from); None otherwise.
     """
 
     features: torch.Tensor
     class_token: torch.Tensor
     register_tokens: torch.Tensor
     blocks: tuple[torch.Tensor, ...] = ()
+    tokens: torch.Tensor | None = None
 
 
 def patch_grid(images: torch.Tensor) -> tuple[int, int]:
@@ -282,14 +285,19 @@ class DinoVisionTransformer(nn.Module):
             elif isinstance(module, (nn.Conv2d, nn.LayerNorm, LayerScale)):
                 module.reset_parameters()
 
-    def forward(self, images: torch.Tensor, blocks: tuple[int, ...] = ()) -> BackboneOutput:
+    def forward(self, images: torch.Tensor, blocks: tuple[int, ...] = (), tail: nn.ModuleList | None = None,
+                keep_tokens: int | None = None) -> BackboneOutput:
         """Features of `images` (B, 3, H, W), ImageNet-normalised, H and W multiples of 14 (any other size).
 
         Returns a `BackboneOutput`: features (B, C, H/14, W/14), class_token (B, C), register_tokens (B, R, C),
         and the normalised patch features after each block numbered in `blocks` (1-based, in that order).
+        tail: blocks that run in place of the last len(tail) blocks (a fine-tuned copy, `percs.model.instance`);
+        keep_tokens: a block number whose raw output tokens are returned too (`BackboneOutput.tokens`).
         """
         if any(not 1 <= b <= len(self.blocks) for b in blocks):
             raise ValueError(f"blocks must be block numbers in 1..{len(self.blocks)}, got {tuple(blocks)}")
+        if keep_tokens is not None and not 1 <= keep_tokens <= len(self.blocks):
+            raise ValueError(f"keep_tokens must be a block number in 1..{len(self.blocks)}, got {keep_tokens!r}")
         grid = patch_grid(images)
         batch = images.shape[0]
         tokens = torch.cat((self.cls_token.expand(batch, -1, -1), self.patch_embed(images)), dim=1)
@@ -301,15 +309,36 @@ class DinoVisionTransformer(nn.Module):
             # Registers go after the position embedding: they have no position.
             registers = self.register_tokens.expand(batch, -1, -1)
             tokens = torch.cat((tokens[:, :1], registers, tokens[:, 1:]), dim=1)
+        kept, tokens, raw = self.run_blocks(tokens, grid, blocks, tail=tail, keep_tokens=keep_tokens)
         first_patch = 1 + self.spec.num_register_tokens
-        kept = {}
-        for depth, block in enumerate(self.blocks, start=1):
+        tokens = self.norm(tokens)
+        features = tokens[:, first_patch:].transpose(1, 2).reshape(batch, -1, *grid)
+        return BackboneOutput(features, tokens[:, 0], tokens[:, 1:first_patch], kept, raw)
+
+    def run_blocks(self, tokens: torch.Tensor, grid: tuple[int, int], blocks: tuple[int, ...] = (), start: int = 0,
+                   tail: nn.ModuleList | None = None, keep_tokens: int | None = None
+                   ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor, torch.Tensor | None]:
+        """Blocks start + 1 .. depth on tokens (B, N, C), the last len(tail) of them replaced by `tail`: (the
+        normalised patch feature maps after each block in `blocks`, the raw tokens after the last block, the raw
+        tokens after block keep_tokens or None). `forward` runs them all; a fine-tuned tail is trained from tokens
+        kept before it (`percs.train.scorer`)."""
+        tail = tail if tail is not None else ()
+        if len(tail) > len(self.blocks):
+            raise ValueError(f"tail has {len(tail)} blocks, the backbone {len(self.blocks)}")
+        first_patch = 1 + self.spec.num_register_tokens
+        batch, kept, raw = tokens.shape[0], {}, None
+        replaced = len(self.blocks) - len(tail)
+        for depth in range(start + 1, len(self.blocks) + 1):
+            block = self.blocks[depth - 1] if depth <= replaced else tail[depth - 1 - replaced]
             tokens = block(tokens)
             if depth in blocks:
                 kept[depth] = self.norm(tokens)[:, first_patch:].transpose(1, 2).reshape(batch, -1, *grid)
-        tokens = self.norm(tokens)
-        features = tokens[:, first_patch:].transpose(1, 2).reshape(batch, -1, *grid)
-        return BackboneOutput(features, tokens[:, 0], tokens[:, 1:first_patch], tuple(kept[b] for b in blocks))
+            if depth == keep_tokens:
+                raw = tokens
+        missing = [b for b in blocks if b not in kept]
+        if missing:
+            raise ValueError(f"blocks {missing} come before start={start} and cannot be returned")
+        return tuple(kept[b] for b in blocks), tokens, raw
 
 
 def build_backbone(name: str, device: torch.device | str | None = None) -> DinoVisionTransformer:

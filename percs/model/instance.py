@@ -30,12 +30,14 @@ LAYERS = (4, 8, 12)
 DESCRIPTORS = ("log_area", "mean_0", "mean_1", "mean_2", "std_0", "std_1", "std_2", "eccentricity")
 
 
-def block_features(backbone, images: torch.Tensor, layers=LAYERS) -> list[torch.Tensor]:
+def block_features(backbone, images: torch.Tensor, layers=LAYERS, tail: nn.ModuleList | None = None
+                   ) -> list[torch.Tensor]:
     """Patch features after each block in `layers` (1-based), each through the backbone's final LayerNorm as
-    DINOv2's `get_intermediate_layers(norm=True)`: images (B, 3, H, W) -> [(B, C, H/14, W/14)] per layer."""
+    DINOv2's `get_intermediate_layers(norm=True)`: images (B, 3, H, W) -> [(B, C, H/14, W/14)] per layer.
+    tail: fine-tuned blocks that replace the backbone's last ones (`CellScorer.tail`)."""
     if not layers:
         raise ValueError("layers must name at least one block")
-    return list(backbone(images, blocks=tuple(layers)).blocks)
+    return list(backbone(images, blocks=tuple(layers), tail=tail).blocks)
 
 
 def cell_descriptors(image: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,20 +102,25 @@ def group_standardise(values: torch.Tensor, groups: torch.Tensor, n_groups: int)
     mean = mean.index_add_(0, groups, values) / count
     centred = values - mean[groups]
     var = torch.zeros_like(mean).index_add_(0, groups, centred * centred) / count
-    return centred / (var.sqrt() + 1e-3)[groups]
+    positive = var > 0                  # sqrt's gradient at 0 is infinite: a group of one cell would give NaN
+    std = torch.where(positive, var, torch.ones_like(var)).sqrt() * positive
+    return centred / (std + 1e-3)[groups]
 
 
 class CellScorer(nn.Module):
     """Same-type logit of each candidate cell against its reference (see the module docstring).
 
     layers, dim: the pooled vectors' blocks and width; n_descriptors: len(DESCRIPTORS); width: per-block
-    projection of [u * v, |u - v|]; hidden: the head's hidden width.
+    projection of [u * v, |u - v|]; hidden: the head's hidden width; tail: None (the backbone frozen, the
+    paper's features) or fine-tuned copies of the backbone's last blocks, trained with the scorer
+    (`percs.train.scorer`, `tune_blocks`), through which every cell and reference is embedded.
     """
 
     def __init__(self, layers: int, dim: int, n_descriptors: int = len(DESCRIPTORS), width: int = 64,
-                 hidden: int = 128, dropout: float = 0.2):
+                 hidden: int = 128, dropout: float = 0.2, tail: nn.ModuleList | None = None):
         super().__init__()
         self.layers, self.dim, self.n_descriptors = layers, dim, n_descriptors
+        self.tail = tail
         self.per_layer = nn.ModuleList(nn.Linear(2 * dim, width) for _ in range(layers))
         inputs = layers * width + 2 * layers + 3 * n_descriptors
         self.head = nn.Sequential(nn.Linear(inputs, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, 1))
@@ -216,29 +223,54 @@ def _centroids(labels: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, 
     return cells.long(), ((sums[:, 1:] / area[:, None]).float(), area.float())
 
 
-def window_vectors(backbone, windows: torch.Tensor, masks: torch.Tensor, layers=LAYERS,
-                   batch_size: int = 256) -> torch.Tensor:
+def window_vectors(backbone, windows: torch.Tensor, masks: torch.Tensor, layers=LAYERS, batch_size: int = 256,
+                   tail: nn.ModuleList | None = None, keep_tokens: int | None = None):
     """(N, L, C) features of each block in `layers` pooled under masks (N, S, S) (each patch weighed by the
-    fraction it covers) from windows (N, 3, S, S), in batches of batch_size windows."""
-    out = []
+    fraction it covers) from windows (N, 3, S, S), in batches of batch_size windows; tail: fine-tuned last
+    blocks (`block_features`). With keep_tokens=k, returns (vectors, tokens (N, T, C) float16: every token
+    after block k, coverage (N, S/14, S/14) float16), from which `tail_vectors` recomputes the later blocks."""
+    out, tokens, coverages = [], [], []
     for start in range(0, len(windows), batch_size):
         chunk, chunk_masks = windows[start : start + batch_size], masks[start : start + batch_size]
-        per_layer = block_features(backbone, chunk, layers)
+        output = backbone(chunk, blocks=tuple(layers), tail=tail, keep_tokens=keep_tokens)
         coverage = F.avg_pool2d(chunk_masks[:, None], PATCH_SIZE, PATCH_SIZE)      # (B, 1, s, s)
         empty = coverage.flatten(1).sum(1) == 0
         coverage[empty] = 1.0                                                       # a cell lost to sampling
-        out.append(torch.stack([pool_features(f.float(), coverage)[:, 0] for f in per_layer], 1))
+        out.append(torch.stack([pool_features(f.float(), coverage)[:, 0] for f in output.blocks], 1))
+        if keep_tokens is not None:
+            tokens.append(output.tokens.half())
+            coverages.append(coverage[:, 0].half())
     if not out:
-        return windows.new_zeros(0, len(layers), backbone.spec.embed_dim)
-    return torch.cat(out)
+        vectors = windows.new_zeros(0, len(layers), backbone.spec.embed_dim)
+        if keep_tokens is None:
+            return vectors
+        side = windows.shape[-1] // PATCH_SIZE
+        count = 1 + backbone.spec.num_register_tokens + side * side
+        return vectors, windows.new_zeros(0, count, backbone.spec.embed_dim).half(), \
+            windows.new_zeros(0, side, side).half()
+    if keep_tokens is None:
+        return torch.cat(out)
+    return torch.cat(out), torch.cat(tokens), torch.cat(coverages)
+
+
+def tail_vectors(backbone, tail: nn.ModuleList | None, tokens: torch.Tensor, coverage: torch.Tensor, start: int,
+                 layers) -> torch.Tensor:
+    """(N, K, C) pooled features of the blocks of `layers` after block `start`, recomputed from the raw tokens
+    kept after it (`window_vectors(keep_tokens=start)`: tokens (N, T, C), coverage (N, s, s)) through blocks
+    start + 1 .. depth, the last ones replaced by `tail`: what `window_vectors` gives with that tail, with
+    gradients into the tail."""
+    later = tuple(layer for layer in layers if layer > start)
+    side = coverage.shape[-2:]
+    kept, _, _ = backbone.run_blocks(tokens.float(), tuple(side), later, start=start, tail=tail)
+    return torch.stack([pool_features(f, coverage[:, None].float())[:, 0] for f in kept], 1)
 
 
 def cell_vectors(backbone, image: torch.Tensor, labels: torch.Tensor, layers=LAYERS, size: int = 56,
-                 context: float = 2.0) -> tuple[torch.Tensor, torch.Tensor]:
+                 context: float = 2.0, tail: nn.ModuleList | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(cells (N,), vectors (N, L, C)): every cell of labels (H, W) in normalised image (3, H, W), embedded
-    alone at one scale (`cell_windows`, `window_vectors`)."""
+    alone at one scale (`cell_windows`, `window_vectors`); tail: fine-tuned last blocks (`CellScorer.tail`)."""
     cells, windows, masks = cell_windows(image, labels, size, context)
-    return cells, window_vectors(backbone, windows, masks, layers)
+    return cells, window_vectors(backbone, windows, masks, layers, tail=tail)
 
 
 class InstanceScorer:
@@ -265,6 +297,14 @@ class InstanceScorer:
         self.window_size, self.context = window_size, context
         self.backbone, self.scorer, self.layers, self.embedding = backbone, scorer, tuple(layers), embedding
         self.threshold, self.window, self.stride, self.batch_size = float(threshold), window, stride, batch_size
+        if self.tail is not None and embedding != "window":
+            raise ValueError("a scorer with fine-tuned backbone blocks (tail) embeds cells by window: "
+                             f"embedding must be 'window', got {embedding!r}")
+
+    @property
+    def tail(self) -> nn.ModuleList | None:
+        """The scorer's fine-tuned last blocks, through which cells and references are embedded (or None)."""
+        return getattr(self.scorer, "tail", None)
 
     @property
     def margin(self) -> float | None:
@@ -282,7 +322,8 @@ class InstanceScorer:
         with inference_precision(self.precision, image.device):
             if self.embedding == "window":
                 labels = mask.to(torch.int64)
-                vectors = cell_vectors(self.backbone, image, labels, self.layers, self.window_size, self.context)[1]
+                vectors = cell_vectors(self.backbone, image, labels, self.layers, self.window_size, self.context,
+                                       self.tail)[1]
                 return vectors[0], cell_descriptors(image, labels)[1][0]
             return reference_vectors(self.backbone, image, mask, self.layers, self.window)
 
@@ -293,7 +334,7 @@ class InstanceScorer:
         with inference_precision(self.precision, image.device):
             if self.embedding == "window":
                 cells, vectors = cell_vectors(self.backbone, image, labels, self.layers, self.window_size,
-                                              self.context)
+                                              self.context, self.tail)
             else:
                 features = image_block_features(self.backbone, image, self.layers, self.window, self.stride,
                                                 self.batch_size)

@@ -61,6 +61,14 @@ def cmd_train_scorer(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"percs train-scorer: error: {error}", file=sys.stderr)
         return 2
+    if args.tune_blocks < 0 or not 0 < args.tune_lr < float("inf"):
+        print(f"percs train-scorer: error: --tune-blocks must be >= 0 (got {args.tune_blocks}) and --tune-lr a "
+              f"finite number > 0 (got {args.tune_lr})", file=sys.stderr)
+        return 2
+    if args.tune_blocks and args.embedding != "window":
+        print("percs train-scorer: error: --tune-blocks needs --embedding window (cells embedded alone, through "
+              "the tuned blocks)", file=sys.stderr)
+        return 2
     if args.generic_checkpoint and not Path(args.generic_checkpoint).is_file():
         print(f"percs train-scorer: error: --generic-checkpoint {args.generic_checkpoint} does not exist",
               file=sys.stderr)
@@ -72,7 +80,8 @@ def cmd_train_scorer(args: argparse.Namespace) -> int:
     try:
         settings = ScorerTraining(items=args.items, epochs=args.epochs, lr=args.lr, seed=args.seed,
                                   embedding=args.embedding, reference_sampling=args.reference_sampling,
-                                  window_size=args.window_size, context=args.context, rank_weight=args.rank_weight)
+                                  window_size=args.window_size, context=args.context, rank_weight=args.rank_weight,
+                                  tune_blocks=args.tune_blocks, tune_lr=args.tune_lr)
         digest = train_scorer(args.data, args.backbone_weights, args.out, settings, args.backbone, args.cache)
         print(f"wrote {args.out} (sha256 {digest})")
         if args.generic_checkpoint:
@@ -145,6 +154,10 @@ def add_train_scorer_command(sub) -> None:
     p.add_argument("--rank-weight", type=float, default=0.0,
                    help="weight of a within-image ranking loss (each crop's same-type cells above its others) "
                         "added to the cross-entropy (default 0: none; 5 measured best on percs-mini val)")
+    p.add_argument("--tune-blocks", type=int, default=0, metavar="K",
+                   help="fine-tune the backbone's last K blocks with the scorer, on tokens kept before them in the "
+                        "pairs (default 0: frozen features, the paper's; window embedding only)")
+    p.add_argument("--tune-lr", type=float, default=3e-5, help="the tuned blocks' AdamW learning rate (default 3e-5)")
     p.add_argument("--seed", type=int, default=0, help="seed of the draws and of the fit")
     p.add_argument("--cache", metavar="FILE", help="pairs cache (.pt): read when it exists, else written")
     p.add_argument("--out", required=True, help="the scorer file to write (a .sha256 file is written beside it)")

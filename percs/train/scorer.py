@@ -14,6 +14,7 @@ and what it was trained on, with the file's SHA-256 checked on load (`load_score
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import math
@@ -24,7 +25,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from percs.model.instance import DESCRIPTORS, LAYERS, CellScorer, InstanceScorer
+from percs.model.instance import (DESCRIPTORS, LAYERS, CellScorer, InstanceScorer, cell_descriptors, cell_windows,
+                                  tail_vectors, window_vectors)
+from percs.model.precision import inference_precision
 
 SCORER_KIND = "percs-cell-scorer"
 EMBEDDINGS = ("window", "patch")
@@ -38,7 +41,10 @@ class ScorerTraining:
     at one scale, `percs.model.instance.cell_vectors`) or "patch" (the image's features pooled under it);
     window_size, context: the window embedding's window in pixels and its side over the cell's diameter;
     rank_weight: the weight of `within_image_ranking_loss` added to the binary cross-entropy (0: the
-    cross-entropy alone, as before; docs/type_decision.md measures it)."""
+    cross-entropy alone, as before; docs/type_decision.md measures it); tune_blocks: how many of the backbone's
+    last blocks are fine-tuned with the scorer (0: the frozen features, as the paper); the pairs then keep every
+    window's tokens before those blocks, so that the fit runs only the tuned blocks (window embedding only);
+    tune_lr: their learning rate (no weight decay: they start from the pretrained weights)."""
 
     items: int = 3000
     epochs: int = 1
@@ -55,6 +61,8 @@ class ScorerTraining:
     context: float = 2.0
     seed: int = 0
     rank_weight: float = 0.0
+    tune_blocks: int = 0
+    tune_lr: float = 3e-5
 
     def __post_init__(self) -> None:
         for key in ("items", "epochs", "batch_crops", "width", "hidden"):
@@ -66,29 +74,68 @@ class ScorerTraining:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
         if not 0 <= self.rank_weight < math.inf:
             raise ValueError(f"rank_weight must be a finite number >= 0, got {self.rank_weight!r}")
+        if not isinstance(self.tune_blocks, int) or self.tune_blocks < 0:
+            raise ValueError(f"tune_blocks must be an integer >= 0, got {self.tune_blocks!r}")
+        if self.tune_blocks and self.embedding != "window":
+            raise ValueError(f"tune_blocks needs the window embedding, got embedding {self.embedding!r}")
+        if not 0 < self.tune_lr < math.inf:
+            raise ValueError(f"tune_lr must be a finite number > 0, got {self.tune_lr!r}")
+
+    def tune_start(self, depth: int) -> int:
+        """The block after which the tuned ones start (depth - tune_blocks), for a backbone of `depth` blocks."""
+        if self.tune_blocks > depth:
+            raise ValueError(f"tune_blocks is {self.tune_blocks}, the backbone has {depth} blocks")
+        return depth - self.tune_blocks
 
 
 @torch.no_grad()
-def crop_pairs(embedder: InstanceScorer, item) -> dict | None:
+def crop_pairs(embedder: InstanceScorer, item, keep_tokens: int | None = None) -> dict | None:
     """One training draw's candidates, embedded as `embedder` (an InstanceScorer, its scorer unused) embeds
     them at inference: pooled block vectors (N, L, C) float16, descriptors (N, D), the reference's (L, C) and
-    (D,), and targets (N,) bool; None for a crop without cells."""
-    cells, vectors, descriptors = embedder.cells(item.image, item.instances)
-    if len(cells) == 0:
-        return None
-    reference, reference_descriptors = embedder.reference(item.reference_image, item.reference_mask.bool())
+    (D,), and targets (N,) bool; None for a crop without cells. keep_tokens=k (window embedding): also every
+    window's tokens after block k and its patch coverage ("tokens" (N, T, C), "coverage" (N, s, s), and the
+    reference's "reference_tokens", "reference_coverage"), from which a fine-tuned tail is trained."""
+    if keep_tokens is None:
+        cells, vectors, descriptors = embedder.cells(item.image, item.instances)
+        if len(cells) == 0:
+            return None
+        reference, reference_descriptors = embedder.reference(item.reference_image, item.reference_mask.bool())
+        extra = {}
+    else:
+        cells, vectors, tokens, coverage = window_tokens(embedder, item.image, item.instances, keep_tokens)
+        if len(cells) == 0:
+            return None
+        descriptors = cell_descriptors(item.image, item.instances.to(torch.int64))[1]
+        mask = item.reference_mask.to(torch.int64)
+        _, reference, reference_tokens, reference_coverage = window_tokens(embedder, item.reference_image, mask,
+                                                                           keep_tokens)
+        reference, reference_descriptors = reference[0], cell_descriptors(item.reference_image, mask)[1][0]
+        extra = dict(tokens=tokens, coverage=coverage, reference_tokens=reference_tokens[0],
+                     reference_coverage=reference_coverage[0], token_start=keep_tokens)
     types = item.instance_types[cells - 1]
     return dict(cells=vectors.half(), descriptors=descriptors, reference=reference.half(),
-                reference_descriptors=reference_descriptors, target=types == item.reference_type)
+                reference_descriptors=reference_descriptors, target=types == item.reference_type, **extra)
+
+
+def window_tokens(embedder: InstanceScorer, image: torch.Tensor, labels: torch.Tensor, keep_tokens: int):
+    """(cells, vectors, tokens, coverage) of every cell of labels, window-embedded as `embedder` embeds them."""
+    if embedder.embedding != "window":
+        raise ValueError("keeping tokens for a fine-tuned tail needs the window embedding")
+    with inference_precision(embedder.precision, image.device):
+        cells, windows, masks = cell_windows(image, labels.to(torch.int64), embedder.window_size, embedder.context)
+        vectors, tokens, coverage = window_vectors(embedder.backbone, windows, masks, embedder.layers,
+                                                   keep_tokens=keep_tokens)
+    return cells, vectors, tokens, coverage
 
 
 def collect_pairs(dataset_path, backbone, items: int, seed: int = 0, layers=LAYERS, progress: bool = True,
                   reference_sampling: str = "type", embedding: str = "window", size: int = 56,
-                  context: float = 2.0) -> list[dict]:
+                  context: float = 2.0, keep_tokens: int | None = None) -> list[dict]:
     """`crop_pairs` of `items` TrainDataset draws of the train split (seeded). reference_sampling: how each
     draw's reference type is chosen (`SamplingConfig.reference_sampling`): "type" (default) uniformly among the
     crop's types, as a benchmark asks one query per type present in a mixed image; "cell" as `percs train`
-    draws, which makes the crop's own (most numerous) type the reference's most of the time."""
+    draws, which makes the crop's own (most numerous) type the reference's most of the time. keep_tokens: see
+    `crop_pairs` (for `ScorerTraining.tune_blocks`)."""
     from tqdm import tqdm
 
     from percs.data.dataset import SamplingConfig, TrainDataset
@@ -98,7 +145,7 @@ def collect_pairs(dataset_path, backbone, items: int, seed: int = 0, layers=LAYE
     embedder = InstanceScorer(backbone.eval(), None, layers, embedding, window_size=size, context=context)
     pairs = []
     for index in tqdm(range(items), desc="scorer pairs", unit="crop", disable=not progress):
-        pair = crop_pairs(embedder, data[index])
+        pair = crop_pairs(embedder, data[index], keep_tokens)
         if pair is not None:
             pairs.append(pair)
     if not pairs:
@@ -137,16 +184,38 @@ def within_image_ranking_loss(logits: torch.Tensor, targets: torch.Tensor, group
     return (total[held] / count[held]).mean()
 
 
-def fit_scorer(pairs: list[dict], settings: ScorerTraining = ScorerTraining(), progress: bool = True) -> CellScorer:
+def fit_scorer(pairs: list[dict], settings: ScorerTraining = ScorerTraining(), progress: bool = True,
+               backbone=None) -> CellScorer:
     """A CellScorer fitted on `collect_pairs` output (binary cross-entropy, positives weighted by the
-    negative/positive ratio, plus rank_weight x `within_image_ranking_loss`), returned in eval mode."""
+    negative/positive ratio, plus rank_weight x `within_image_ranking_loss`), returned in eval mode. With
+    settings.tune_blocks, copies of `backbone`'s last blocks (the frozen backbone the pairs were embedded with)
+    are trained with it from the pairs' kept tokens and become its `tail`."""
     from tqdm import tqdm
 
     generator = torch.Generator().manual_seed(settings.seed)
     torch.manual_seed(settings.seed)
     layers, dim = pairs[0]["cells"].shape[1:]
-    scorer = CellScorer(layers, dim, len(DESCRIPTORS), settings.width, settings.hidden, settings.dropout)
-    optimiser = torch.optim.AdamW(scorer.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    tail, start = None, None
+    if settings.tune_blocks:
+        if backbone is None:
+            raise ValueError("tune_blocks needs the backbone the pairs were embedded with")
+        start = settings.tune_start(len(backbone.blocks))
+        if any(p.get("token_start") != start for p in pairs):
+            raise ValueError(f"the pairs do not hold the tokens after block {start} that tune_blocks="
+                             f"{settings.tune_blocks} trains from (collect them again, without the old cache)")
+        tail = torch.nn.ModuleList(copy.deepcopy(backbone.blocks[start:])).float()
+        for parameter in tail.parameters():
+            parameter.requires_grad_(True)
+    tuned = [i for i, layer in enumerate(settings.layers) if start is not None and layer > start]
+    if tail is not None and not tuned:
+        raise ValueError(f"tune_blocks={settings.tune_blocks} tunes blocks after {start}, which no layer of "
+                         f"{settings.layers} reads")
+    scorer = CellScorer(layers, dim, len(DESCRIPTORS), settings.width, settings.hidden, settings.dropout, tail)
+    head = [p for name, p in scorer.named_parameters() if not name.startswith("tail.")]
+    groups = [dict(params=head)]
+    if tail is not None:
+        groups.append(dict(params=list(tail.parameters()), lr=settings.tune_lr, weight_decay=0.0))
+    optimiser = torch.optim.AdamW(groups, lr=settings.lr, weight_decay=settings.weight_decay)
     positives = sum(int(p["target"].sum()) for p in pairs)
     total = sum(len(p["target"]) for p in pairs)
     if positives in (0, total):
@@ -157,13 +226,16 @@ def fit_scorer(pairs: list[dict], settings: ScorerTraining = ScorerTraining(), p
     scorer.train()
     for _ in range(settings.epochs):
         order = torch.randperm(len(pairs), generator=generator).tolist()
-        for start in range(0, len(order), settings.batch_crops):
-            cells, references, descriptors, reference_descriptors, groups, targets = batch_of(
-                [pairs[i] for i in order[start : start + settings.batch_crops]])
-            logits = scorer(cells, references, descriptors, reference_descriptors, groups)
+        for start_index in range(0, len(order), settings.batch_crops):
+            batch = [pairs[i] for i in order[start_index : start_index + settings.batch_crops]]
+            cells, references, descriptors, reference_descriptors, groups_of, targets = batch_of(batch)
+            if tail is not None:
+                cells, references = _tuned_vectors(backbone, tail, batch, cells, references, start, tuned,
+                                                   settings.layers)
+            logits = scorer(cells, references, descriptors, reference_descriptors, groups_of)
             loss = F.binary_cross_entropy_with_logits(logits, targets, pos_weight=weight)
             if settings.rank_weight:
-                loss = loss + settings.rank_weight * within_image_ranking_loss(logits, targets, groups)
+                loss = loss + settings.rank_weight * within_image_ranking_loss(logits, targets, groups_of)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
@@ -171,6 +243,21 @@ def fit_scorer(pairs: list[dict], settings: ScorerTraining = ScorerTraining(), p
             bar.set_postfix(loss=f"{loss.item():.4f}")
     bar.close()
     return scorer.eval()
+
+
+def _tuned_vectors(backbone, tail, batch: list[dict], cells: torch.Tensor, references: torch.Tensor, start: int,
+                   tuned: list[int], layers) -> tuple[torch.Tensor, torch.Tensor]:
+    """cells and references (N, L, C) of a batch of crops with the tuned layers' slices recomputed through
+    `tail` from the kept tokens (`tail_vectors`); each crop's reference is embedded once and repeated."""
+    sizes = torch.tensor([len(p["target"]) for p in batch])
+    tokens = torch.cat([p["tokens"] for p in batch] + [torch.stack([p["reference_tokens"] for p in batch])])
+    coverage = torch.cat([p["coverage"] for p in batch] + [torch.stack([p["reference_coverage"] for p in batch])])
+    vectors = tail_vectors(backbone, tail, tokens, coverage, start, layers)          # (N + B, K, C)
+    n = int(sizes.sum())
+    cells, references = cells.clone(), references.clone()
+    cells[:, tuned] = vectors[:n]
+    references[:, tuned] = torch.repeat_interleave(vectors[n:], sizes, 0)
+    return cells, references
 
 
 def backbone_fingerprint(backbone: torch.nn.Module) -> str:
@@ -238,13 +325,14 @@ def train_scorer(dataset_path, backbone_weights, out, settings: ScorerTraining =
     if cache is not None and cache.is_file():
         pairs = torch.load(cache, weights_only=True)
     else:
+        keep = settings.tune_start(len(backbone.blocks)) if settings.tune_blocks else None
         pairs = collect_pairs(dataset_path, backbone, settings.items, settings.seed, settings.layers,
                               reference_sampling=settings.reference_sampling, embedding=settings.embedding,
-                              size=settings.window_size, context=settings.context)
+                              size=settings.window_size, context=settings.context, keep_tokens=keep)
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
             torch.save(pairs, cache)
-    scorer = fit_scorer(pairs, settings)
+    scorer = fit_scorer(pairs, settings, backbone=backbone)
     positives = sum(int(p["target"].sum()) for p in pairs)
     trained_on = {"dataset": dataset.name, "path": str(Path(dataset_path).resolve()), "split": "train",
                   "crops": len(pairs), "cells": sum(len(p["target"]) for p in pairs), "same_type": positives,
@@ -295,9 +383,20 @@ def attach_scorer(generic_checkpoint: str | Path, scorer_path: str | Path, thres
 
 
 def scorer_from_record(record: dict) -> CellScorer:
-    """The CellScorer of an `instance_record` (or scorer file record), in eval mode on the CPU."""
+    """The CellScorer of an `instance_record` (or scorer file record), in eval mode on the CPU, with its
+    fine-tuned backbone blocks (`ScorerTraining.tune_blocks`) when it has them."""
+    from percs.model.backbone import Block, backbone_spec
+
     settings = record["settings"]
+    tail = None
+    if settings.get("tune_blocks", 0):
+        spec = backbone_spec(record["backbone"])
+        tail = torch.nn.ModuleList(Block(spec) for _ in range(settings["tune_blocks"]))
     scorer = CellScorer(len(record["layers"]), record["dim"], len(record["descriptors"]), settings["width"],
-                        settings["hidden"], settings["dropout"])
-    scorer.load_state_dict(record["scorer"])
+                        settings["hidden"], settings["dropout"], tail)
+    try:
+        scorer.load_state_dict(record["scorer"])
+    except RuntimeError as error:
+        raise ValueError(f"the scorer's weights do not fit its recorded shape (backbone {record['backbone']!r}, "
+                         f"tune_blocks {settings.get('tune_blocks', 0)}): {error}") from None
     return scorer.eval()
