@@ -157,7 +157,7 @@ def add_train_scorer_command(sub) -> None:
     p.add_argument("--tune-blocks", type=int, default=0, metavar="K",
                    help="fine-tune the backbone's last K blocks with the scorer, on tokens kept before them in the "
                         "pairs (default 0: frozen features, the paper's; window embedding only)")
-    p.add_argument("--tune-lr", type=float, default=3e-5, help="the tuned blocks' AdamW learning rate (default 3e-5)")
+    p.add_argument("--tune-lr", type=float, default=1e-4, help="the tuned blocks' AdamW learning rate (default 1e-4)")
     p.add_argument("--seed", type=int, default=0, help="seed of the draws and of the fit")
     p.add_argument("--cache", metavar="FILE", help="pairs cache (.pt): read when it exists, else written")
     p.add_argument("--out", required=True, help="the scorer file to write (a .sha256 file is written beside it)")

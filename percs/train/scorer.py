@@ -62,7 +62,7 @@ class ScorerTraining:
     seed: int = 0
     rank_weight: float = 0.0
     tune_blocks: int = 0
-    tune_lr: float = 3e-5
+    tune_lr: float = 1e-4
 
     def __post_init__(self) -> None:
         for key in ("items", "epochs", "batch_crops", "width", "hidden"):
