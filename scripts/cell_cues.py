@@ -32,11 +32,10 @@ def split_queries(dataset, split: str, backbone, layers, every: int = 1, embeddi
     """Per query: every true cell's pooled vectors and descriptors, the reference's, and the target flags, each
     embedded as the instance-level decision embeds them (`InstanceScorer.cells` / `reference`); keep_tokens=k
     (window embedding): also the windows' tokens after block k, for a scorer with a fine-tuned tail."""
-    from percs.model.instance import cell_descriptors
-    from percs.train.scorer import window_tokens
     from tqdm import tqdm
 
     from percs.evaluate.runner import split_queries as queries_of
+    from percs.train.scorer import embed_candidates, embed_reference_cell
 
     embedder = InstanceScorer(backbone, None, layers, embedding, window_size=size, context=context)
     per_image, out = {}, []
@@ -45,30 +44,17 @@ def split_queries(dataset, split: str, backbone, layers, every: int = 1, embeddi
             record = dataset.record(q.image)
             labels = torch.from_numpy(dataset.read_labels(record).astype(np.int64))
             image = as_input_image(dataset.read_image(record), torch.device("cpu"))
-            tokens = {}
-            if keep_tokens is None:
-                cells, vectors, descriptors = embedder.cells(image, labels)
-            else:
-                cells, vectors, tokens["tokens"], tokens["coverage"] = window_tokens(embedder, image, labels,
-                                                                                      keep_tokens)
-                descriptors = cell_descriptors(image, labels)[1]
+            cells, vectors, descriptors, tokens = embed_candidates(embedder, image, labels, keep_tokens)
             types = np.array([record.type_of(int(c)) for c in cells])
             per_image[q.image] = (vectors, descriptors, types, tokens)
         vectors, descriptors, types, tokens = per_image[q.image]
         ref_record = dataset.record(q.reference_image)
         ref_image = as_input_image(dataset.read_image(ref_record), torch.device("cpu"))
         ref_mask = torch.from_numpy(dataset.read_labels(ref_record) == q.reference_label)
-        if keep_tokens is None:
-            ref_vectors, ref_descriptors = embedder.reference(ref_image, ref_mask)
-        else:
-            mask = ref_mask.to(torch.int64)
-            _, ref_vectors, ref_tokens, ref_coverage = window_tokens(embedder, ref_image, mask, keep_tokens)
-            ref_vectors, ref_descriptors = ref_vectors[0], cell_descriptors(ref_image, mask)[1][0]
-            tokens = dict(tokens, reference_tokens=ref_tokens[0], reference_coverage=ref_coverage[0],
-                          token_start=keep_tokens)
+        ref_vectors, ref_descriptors, ref_tokens = embed_reference_cell(embedder, ref_image, ref_mask, keep_tokens)
         out.append(dict(cells=vectors, descriptors=descriptors, target=torch.from_numpy(types == q.target_type),
                         reference=ref_vectors, reference_descriptors=ref_descriptors, origin=q.origin,
-                        target_type=q.target_type, **tokens))
+                        target_type=q.target_type, **tokens, **ref_tokens))
     return out
 
 
@@ -84,7 +70,7 @@ def auc(scores: np.ndarray, positive: np.ndarray) -> float:
 def cue_aucs(queries: list[dict], layers, scorer=None, backbone=None) -> dict[str, list[float]]:
     """Per-query AUCs of each cue (and of the scorer; one with a fine-tuned tail re-embeds the tuned blocks from
     the kept tokens through `backbone`)."""
-    from percs.model.instance import tail_vectors
+    from percs.train.scorer import tuned_vectors
 
     result = {f"cos_layer{l}": [] for l in layers} | {"neg_abs_log_area": []}
     if scorer is not None:
@@ -98,16 +84,14 @@ def cue_aucs(queries: list[dict], layers, scorer=None, backbone=None) -> dict[st
         log_area = q["descriptors"][:, 0].numpy()
         result["neg_abs_log_area"].append(auc(-np.abs(log_area - float(q["reference_descriptors"][0])), target))
         if scorer is not None:
-            cells, reference = q["cells"].float(), q["reference"].float()
+            cells = q["cells"].float()
+            reference = q["reference"].float()[None].expand_as(cells)
             if scorer.tail is not None:
                 start = len(backbone.blocks) - len(scorer.tail)
                 if q.get("token_start") != start:
-                    raise SystemExit(f"the cached vectors hold no tokens after block {start}: use --keep-tokens {start}")
-                tuned = [i for i, layer in enumerate(layers) if layer > start]
-                cells, reference = cells.clone(), reference.clone()
-                cells[:, tuned] = tail_vectors(backbone, scorer.tail, q["tokens"], q["coverage"], start, layers)
-                reference[tuned] = tail_vectors(backbone, scorer.tail, q["reference_tokens"][None],
-                                                q["reference_coverage"][None], start, layers)[0]
+                    raise SystemExit(f"the cached vectors hold no tokens after block {start}: "
+                                     f"use --keep-tokens {start}")
+                cells, reference = tuned_vectors(backbone, scorer.tail, [q], cells, reference, start, layers)
             logits = scorer(cells, reference, q["descriptors"], q["reference_descriptors"])
             result["scorer"].append(auc(logits.numpy(), target))
     return result

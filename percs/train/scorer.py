@@ -92,37 +92,50 @@ class ScorerTraining:
 def crop_pairs(embedder: InstanceScorer, item, keep_tokens: int | None = None) -> dict | None:
     """One training draw's candidates, embedded as `embedder` (an InstanceScorer, its scorer unused) embeds
     them at inference: pooled block vectors (N, L, C) float16, descriptors (N, D), the reference's (L, C) and
-    (D,), and targets (N,) bool; None for a crop without cells. keep_tokens=k (window embedding): also every
-    window's tokens after block k and its patch coverage ("tokens" (N, T, C), "coverage" (N, s, s), and the
-    reference's "reference_tokens", "reference_coverage"), from which a fine-tuned tail is trained."""
-    if keep_tokens is None:
-        cells, vectors, descriptors = embedder.cells(item.image, item.instances)
-        if len(cells) == 0:
-            return None
-        reference, reference_descriptors = embedder.reference(item.reference_image, item.reference_mask.bool())
-        extra = {}
-    else:
-        cells, vectors, tokens, coverage = window_tokens(embedder, item.image, item.instances, keep_tokens)
-        if len(cells) == 0:
-            return None
-        descriptors = cell_descriptors(item.image, item.instances.to(torch.int64))[1]
-        mask = item.reference_mask.to(torch.int64)
-        _, reference, reference_tokens, reference_coverage = window_tokens(embedder, item.reference_image, mask,
-                                                                           keep_tokens)
-        reference, reference_descriptors = reference[0], cell_descriptors(item.reference_image, mask)[1][0]
-        extra = dict(tokens=tokens, coverage=coverage, reference_tokens=reference_tokens[0],
-                     reference_coverage=reference_coverage[0], token_start=keep_tokens)
+    (D,), and targets (N,) bool; None for a crop without cells. keep_tokens=k (window embedding): also the
+    tokens a fine-tuned tail is trained from (`embed_candidates`, `embed_reference_cell`)."""
+    cells, vectors, descriptors, extra = embed_candidates(embedder, item.image, item.instances, keep_tokens)
+    if len(cells) == 0:
+        return None
+    reference, reference_descriptors, reference_extra = embed_reference_cell(
+        embedder, item.reference_image, item.reference_mask.bool(), keep_tokens)
     types = item.instance_types[cells - 1]
     return dict(cells=vectors.half(), descriptors=descriptors, reference=reference.half(),
-                reference_descriptors=reference_descriptors, target=types == item.reference_type, **extra)
+                reference_descriptors=reference_descriptors, target=types == item.reference_type, **extra,
+                **reference_extra)
 
 
-def window_tokens(embedder: InstanceScorer, image: torch.Tensor, labels: torch.Tensor, keep_tokens: int):
+@torch.no_grad()
+def embed_candidates(embedder: InstanceScorer, image: torch.Tensor, labels: torch.Tensor,
+                     keep_tokens: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+    """`embedder.cells(image, labels)` and a dict: empty, or with keep_tokens=k (window embedding) every cell
+    window's tokens after block k and its patch coverage ("tokens" (N, T, C), "coverage" (N, s, s), float16)."""
+    if keep_tokens is None:
+        return (*embedder.cells(image, labels), {})
+    labels = labels.to(torch.int64)
+    cells, vectors, tokens, coverage = _window_tokens(embedder, image, labels, keep_tokens)
+    return cells, vectors, cell_descriptors(image, labels)[1], dict(tokens=tokens, coverage=coverage)
+
+
+@torch.no_grad()
+def embed_reference_cell(embedder: InstanceScorer, image: torch.Tensor, mask: torch.Tensor,
+                         keep_tokens: int | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """`embedder.reference(image, mask)` and a dict: empty, or with keep_tokens=k (window embedding) the
+    reference window's "reference_tokens" (T, C), "reference_coverage" (s, s) and "token_start" k."""
+    if keep_tokens is None:
+        return (*embedder.reference(image, mask), {})
+    labels = mask.to(torch.int64)
+    _, vectors, tokens, coverage = _window_tokens(embedder, image, labels, keep_tokens)
+    extra = dict(reference_tokens=tokens[0], reference_coverage=coverage[0], token_start=keep_tokens)
+    return vectors[0], cell_descriptors(image, labels)[1][0], extra
+
+
+def _window_tokens(embedder: InstanceScorer, image: torch.Tensor, labels: torch.Tensor, keep_tokens: int):
     """(cells, vectors, tokens, coverage) of every cell of labels, window-embedded as `embedder` embeds them."""
     if embedder.embedding != "window":
         raise ValueError("keeping tokens for a fine-tuned tail needs the window embedding")
     with inference_precision(embedder.precision, image.device):
-        cells, windows, masks = cell_windows(image, labels.to(torch.int64), embedder.window_size, embedder.context)
+        cells, windows, masks = cell_windows(image, labels, embedder.window_size, embedder.context)
         vectors, tokens, coverage = window_vectors(embedder.backbone, windows, masks, embedder.layers,
                                                    keep_tokens=keep_tokens)
     return cells, vectors, tokens, coverage
@@ -230,8 +243,7 @@ def fit_scorer(pairs: list[dict], settings: ScorerTraining = ScorerTraining(), p
             batch = [pairs[i] for i in order[start_index : start_index + settings.batch_crops]]
             cells, references, descriptors, reference_descriptors, groups_of, targets = batch_of(batch)
             if tail is not None:
-                cells, references = _tuned_vectors(backbone, tail, batch, cells, references, start, tuned,
-                                                   settings.layers)
+                cells, references = tuned_vectors(backbone, tail, batch, cells, references, start, settings.layers)
             logits = scorer(cells, references, descriptors, reference_descriptors, groups_of)
             loss = F.binary_cross_entropy_with_logits(logits, targets, pos_weight=weight)
             if settings.rank_weight:
@@ -245,13 +257,15 @@ def fit_scorer(pairs: list[dict], settings: ScorerTraining = ScorerTraining(), p
     return scorer.eval()
 
 
-def _tuned_vectors(backbone, tail, batch: list[dict], cells: torch.Tensor, references: torch.Tensor, start: int,
-                   tuned: list[int], layers) -> tuple[torch.Tensor, torch.Tensor]:
-    """cells and references (N, L, C) of a batch of crops with the tuned layers' slices recomputed through
-    `tail` from the kept tokens (`tail_vectors`); each crop's reference is embedded once and repeated."""
-    sizes = torch.tensor([len(p["target"]) for p in batch])
-    tokens = torch.cat([p["tokens"] for p in batch] + [torch.stack([p["reference_tokens"] for p in batch])])
-    coverage = torch.cat([p["coverage"] for p in batch] + [torch.stack([p["reference_coverage"] for p in batch])])
+def tuned_vectors(backbone, tail, crops: list[dict], cells: torch.Tensor, references: torch.Tensor, start: int,
+                  layers) -> tuple[torch.Tensor, torch.Tensor]:
+    """cells and references (N, L, C) of crops (`crop_pairs` with their kept tokens; N their cells in order)
+    with the slices of the layers after block `start` recomputed through `tail` (`tail_vectors`); each crop's
+    reference is embedded once and repeated over its cells."""
+    tuned = [i for i, layer in enumerate(layers) if layer > start]
+    sizes = torch.tensor([len(p["target"]) for p in crops])
+    tokens = torch.cat([p["tokens"] for p in crops] + [torch.stack([p["reference_tokens"] for p in crops])])
+    coverage = torch.cat([p["coverage"] for p in crops] + [torch.stack([p["reference_coverage"] for p in crops])])
     vectors = tail_vectors(backbone, tail, tokens, coverage, start, layers)          # (N + B, K, C)
     n = int(sizes.sum())
     cells, references = cells.clone(), references.clone()
