@@ -6,6 +6,13 @@ query's candidates, queries with both classes) says how well it ranks same-type 
 the one image where the decision is made. Cues: cosine of pooled DINOv2 features of each block in --layers,
 -|log area ratio|, and the `percs train-scorer` scorer given with --scorer (`percs.model.instance`).
 
+--class-probe asks where a type decision from one reference is lost: a linear probe (multinomial logistic
+regression on every block's pooled vectors and the descriptors, standardised) learns the cell types of the first
+split's true cells, and each later split whose target types it knows reports the per-query AUC of the probe's
+probability of the *true* target type (how well the features rank the type within an image when the type is
+known) and of the probe's type posterior of each cell dotted with the reference cell's (the type read from the
+one reference), with the reference's type accuracy (`probe_reference_accuracy`).
+
     python scripts/cell_cues.py --data /tmp/percs-mini --weights ../shared/weights/dinov2_vits14_pretrain.pth \
         --cache /tmp/cues --scorer /tmp/scorer.pt
 """
@@ -28,7 +35,7 @@ from percs.predict import as_input_image
 
 @torch.no_grad()
 def split_queries(dataset, split: str, backbone, layers, every: int = 1, embedding: str = "patch", size: int = 56,
-                  context: float = 2.0, keep_tokens: int | None = None) -> list[dict]:
+                  context: float = 2.0, keep_tokens: int | None = None, context_window: float = 0.0) -> list[dict]:
     """Per query: every true cell's pooled vectors and descriptors, the reference's, and the target flags, each
     embedded as the instance-level decision embeds them (`InstanceScorer.cells` / `reference`); keep_tokens=k
     (window embedding): also the windows' tokens after block k, for a scorer with a fine-tuned tail."""
@@ -37,7 +44,8 @@ def split_queries(dataset, split: str, backbone, layers, every: int = 1, embeddi
     from percs.evaluate.runner import split_queries as queries_of
     from percs.train.scorer import embed_candidates, embed_reference_cell
 
-    embedder = InstanceScorer(backbone, None, layers, embedding, window_size=size, context=context)
+    embedder = InstanceScorer(backbone, None, layers, embedding, window_size=size, context=context,
+                              context_window=context_window)
     per_image, out = {}, []
     for q in tqdm(queries_of(dataset, split)[::every], desc=split, unit="query"):
         if q.image not in per_image:
@@ -53,7 +61,7 @@ def split_queries(dataset, split: str, backbone, layers, every: int = 1, embeddi
         ref_mask = torch.from_numpy(dataset.read_labels(ref_record) == q.reference_label)
         ref_vectors, ref_descriptors, ref_tokens = embed_reference_cell(embedder, ref_image, ref_mask, keep_tokens)
         out.append(dict(cells=vectors, descriptors=descriptors, target=torch.from_numpy(types == q.target_type),
-                        reference=ref_vectors, reference_descriptors=ref_descriptors, origin=q.origin,
+                        image=q.image, types=types, reference=ref_vectors, reference_descriptors=ref_descriptors, origin=q.origin,
                         target_type=q.target_type, **tokens, **ref_tokens))
     return out
 
@@ -97,6 +105,72 @@ def cue_aucs(queries: list[dict], layers, scorer=None, backbone=None) -> dict[st
     return result
 
 
+class ClassProbe:
+    """Multinomial logistic regression (L-BFGS, L2 weight `l2`) on standardised features: the types of cells."""
+
+    def __init__(self, features: np.ndarray, types: np.ndarray, l2: float = 0.02):
+        self.classes = sorted(set(types.tolist()))
+        self.mean, self.scale = features.mean(0), features.std(0) + 1e-6
+        x = torch.from_numpy(self._standard(features))
+        y = torch.tensor([self.classes.index(t) for t in types])
+        torch.manual_seed(0)
+        self.linear = torch.nn.Linear(x.shape[1], len(self.classes))
+        optimiser = torch.optim.LBFGS(self.linear.parameters(), max_iter=300, line_search_fn="strong_wolfe")
+
+        def closure():
+            optimiser.zero_grad()
+            loss = torch.nn.functional.cross_entropy(self.linear(x), y) + l2 * self.linear.weight.square().sum()
+            loss.backward()
+            return loss
+
+        with torch.enable_grad():
+            optimiser.step(closure)
+
+    def _standard(self, features: np.ndarray) -> np.ndarray:
+        return ((features - self.mean) / self.scale).astype(np.float32)
+
+    @torch.no_grad()
+    def posteriors(self, features: np.ndarray) -> np.ndarray:
+        return torch.softmax(self.linear(torch.from_numpy(self._standard(features))), 1).numpy()
+
+
+def probe_features(vectors: torch.Tensor, descriptors: torch.Tensor) -> np.ndarray:
+    """(N, L * C + D): every block's pooled vector and the descriptors of N cells ((L, C) and (D,) for one)."""
+    vectors, descriptors = vectors.float(), descriptors.float()
+    if vectors.dim() == 2:
+        vectors, descriptors = vectors[None], descriptors[None]
+    return torch.cat([vectors.flatten(1), descriptors], 1).numpy()
+
+
+def train_probe(queries: list[dict]) -> ClassProbe:
+    """The probe fitted on every true cell of the queries' images (each image once)."""
+    images = {}
+    for q in queries:
+        if "types" not in q:
+            raise SystemExit("--class-probe needs cell types in the cached vectors: delete the cache written by an "
+                             "older version of this script")
+        images.setdefault(q["image"], q)
+    chosen = list(images.values())
+    return ClassProbe(np.concatenate([probe_features(q["cells"], q["descriptors"]) for q in chosen]),
+                      np.concatenate([q["types"] for q in chosen]))
+
+
+def probe_aucs(probe: ClassProbe, queries: list[dict]) -> dict[str, list[float]]:
+    """Per-query AUCs of the probe with the true target type and with the reference's posterior, and whether the
+    reference's most probable type is the target type; queries of types the probe never saw are skipped."""
+    result = {"probe_true_class": [], "probe_reference_class": [], "probe_reference_accuracy": []}
+    for q in queries:
+        if q["target_type"] not in probe.classes:
+            continue
+        cells = probe.posteriors(probe_features(q["cells"], q["descriptors"]))
+        reference = probe.posteriors(probe_features(q["reference"], q["reference_descriptors"]))[0]
+        target = q["target"].numpy()
+        result["probe_true_class"].append(auc(cells[:, probe.classes.index(q["target_type"])], target))
+        result["probe_reference_class"].append(auc(cells @ reference, target))
+        result["probe_reference_accuracy"].append(float(probe.classes[int(reference.argmax())] == q["target_type"]))
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="built benchmark folder")
@@ -113,6 +187,10 @@ def main() -> None:
     parser.add_argument("--keep-tokens", type=int, metavar="K",
                         help="window embedding: keep the tokens after block K too (for --scorer with K = 12 - its "
                              "tuned blocks, `percs train-scorer --tune-blocks`)")
+    parser.add_argument("--context-window", type=float, default=0.0,
+                        help="window embedding: also a second window this many diameters wide (0: none)")
+    parser.add_argument("--class-probe", action="store_true",
+                        help="fit a linear type probe on the first split's cells and report it on the others")
     args = parser.parse_args()
     layers = tuple(int(l) for l in args.layers.split(","))
     cache = Path(args.cache)
@@ -126,11 +204,13 @@ def main() -> None:
         scorer, record = load_scorer(args.scorer)
         if tuple(record["layers"]) != layers:
             parser.error(f"--scorer reads blocks {record['layers']}, --layers is {args.layers}")
-    report = {}
-    for split in args.splits.split(","):
+    report, probe = {}, None
+    for index, split in enumerate(args.splits.split(",")):
         suffix = "" if args.embedding == "patch" else f"_{args.embedding}"
         if args.embedding == "window" and (args.window_size, args.context) != (56, 2.0):
             suffix += f"{args.window_size}x{args.context:g}"
+        if args.context_window:
+            suffix += f"_wide{args.context_window:g}"
         if args.keep_tokens is not None:
             suffix += f"_tokens{args.keep_tokens}"
         path = cache / f"{dataset.name}_{split}_every{args.every}_layers{'-'.join(map(str, layers))}{suffix}.pt"
@@ -139,10 +219,14 @@ def main() -> None:
         else:
             start = time.time()
             queries = split_queries(dataset, split, backbone, layers, args.every, args.embedding, args.window_size,
-                                    args.context, args.keep_tokens)
+                                    args.context, args.keep_tokens, args.context_window)
             torch.save(queries, path)
             print(f"{split}: vectors in {time.time() - start:.0f} s", flush=True)
         aucs = cue_aucs(queries, layers, scorer, backbone)
+        if args.class_probe and index == 0:
+            probe = train_probe(queries)
+        elif probe is not None:
+            aucs |= {k: v for k, v in probe_aucs(probe, queries).items() if v}
         report[split] = {k: round(float(np.nanmean(v)), 4) for k, v in aucs.items()}
         if scorer is not None:
             pasted = [i for i, q in enumerate(queries) if q["origin"] == "pasted"]

@@ -14,8 +14,9 @@ from skimage.measure import regionprops_table
 from baseline_helpers import generic_checkpoint, red_and_green_disks
 from model_helpers import tiny_model
 from percs.model.backbone import BackboneSpec, DinoVisionTransformer
-from percs.model.instance import (DESCRIPTORS, CellScorer, block_features, cell_descriptors, cell_windows,
-                                  group_standardise, image_block_features, pad_to_grid, pool_cells, window_vectors)
+from percs.model.instance import (DESCRIPTORS, CellScorer, InstanceScorer, block_features, cell_descriptors,
+                                  cell_windows, group_standardise, image_block_features, pad_to_grid, pool_cells,
+                                  window_vectors)
 from percs.train.scorer import (ScorerTraining, backbone_fingerprint, batch_of, collect_pairs, fit_scorer,
                                 load_scorer, save_scorer, within_image_ranking_loss)
 from train_helpers import make_benchmark
@@ -416,7 +417,7 @@ def test_a_backbone_tail_replaces_its_last_blocks_and_continues_from_kept_tokens
 
 
 def test_a_fine_tuned_tail_is_trained_from_kept_tokens_and_embeds_cells_as_it_was_trained(tmp_path):
-    from percs.model.instance import InstanceScorer, tail_vectors
+    from percs.model.instance import tail_vectors
     from percs.train.scorer import scorer_from_record
 
     bench = make_benchmark(tmp_path)
@@ -486,3 +487,61 @@ def test_a_fine_tuned_tail_is_trained_from_kept_tokens_and_embeds_cells_as_it_wa
         fit_scorer(pairs, ScorerTraining(layers=(1,), tune_blocks=1), progress=False, backbone=backbone)
     with pytest.raises(ValueError, match="embedding must be 'window'"):
         InstanceScorer(backbone, scorer, (1, 2), "patch")
+
+
+def test_a_context_window_appends_the_cells_wider_surroundings_on_the_layer_axis(tmp_path):
+    from percs.model.instance import cell_vectors
+    from percs.train.scorer import scorer_from_record
+
+    backbone = small_backbone()
+    rng = np.random.default_rng(3)
+    image = torch.from_numpy(rng.normal(size=(3, 60, 70)).astype(np.float32))
+    labels = torch.zeros(60, 70, dtype=torch.int64)
+    labels[5:15, 5:20], labels[30:50, 40:60] = 1, 2
+    plain = InstanceScorer(backbone, None, (2, 3), "window")
+    wide = InstanceScorer(backbone, None, (2, 3), "window", context_window=5.0)
+    _, alone, descriptors = plain.cells(image, labels)
+    cells, vectors, wide_descriptors = wide.cells(image, labels)
+    assert vectors.shape == (2, 4, 32)
+    torch.testing.assert_close(vectors[:, :2], alone)                     # the cell's own window first
+    surroundings = cell_vectors(backbone, image, labels, (2, 3), 56, 5.0)[1]
+    torch.testing.assert_close(vectors[:, 2:], surroundings)              # then the wider window's
+    assert not torch.allclose(vectors[:, 2:], alone, atol=1e-3)
+    torch.testing.assert_close(wide_descriptors, descriptors)
+    reference, _ = wide.reference(image, labels == 2)
+    torch.testing.assert_close(reference[:2], plain.reference(image, labels == 2)[0])
+    assert reference.shape == (4, 32)
+
+    # pairs, fit and file carry the second window; pairs without it are refused
+    bench = make_benchmark(tmp_path)
+    small = small_backbone(depth=2)
+    pairs = collect_pairs(bench, small, items=6, seed=0, layers=(1, 2), progress=False, context_window=4.0)
+    assert all(p["cells"].shape[1:] == (4, 32) and p["reference"].shape == (4, 32) for p in pairs)
+    settings = ScorerTraining(layers=(1, 2), context_window=4.0, batch_crops=2)
+    scorer = fit_scorer(pairs, settings, progress=False)
+    assert len(scorer.per_layer) == 4
+    save_scorer(tmp_path / "wide.pt", scorer, settings, "vits14", {"dataset": "tiny"}, 1.0, "f")
+    loaded, record = load_scorer(tmp_path / "wide.pt")
+    assert record["settings"]["context_window"] == 4.0 and len(loaded.per_layer) == 4
+    with pytest.raises(ValueError, match="context_window 0"):
+        scorer_from_record(dict(record, settings=dict(record["settings"], context_window=0.0)))
+    with pytest.raises(ValueError, match="pairs hold 4 vectors per cell, settings ask for 2"):
+        fit_scorer(pairs, ScorerTraining(layers=(1, 2), batch_crops=2), progress=False)
+
+
+@pytest.mark.parametrize("side, embedding, message", [(0.5, "window", ">= 1"), (float("inf"), "window", ">= 1"),
+                                                      (3.0, "patch", "needs the window embedding")])
+def test_a_context_window_must_be_wide_and_finite_with_the_window_embedding(side, embedding, message):
+    with pytest.raises(ValueError, match=message):
+        ScorerTraining(context_window=side, embedding=embedding)
+    with pytest.raises(ValueError, match=message):
+        InstanceScorer(small_backbone(), None, (1,), embedding, context_window=side)
+
+
+def test_train_scorer_refuses_a_bad_context_window(tmp_path, capsys):
+    from percs.cli import main
+
+    bench = make_benchmark(tmp_path)
+    for given in (["--context-window", "0.5"], ["--context-window", "3", "--embedding", "patch"]):
+        assert main(["train-scorer", "--data", str(bench), "--out", str(tmp_path / "s.pt"), *given]) == 2
+        assert "--context-window must be 0 (none) or a finite number >= 1" in capsys.readouterr().err

@@ -18,6 +18,8 @@ crop, pasted cells included, against the item's reference cell, labelled same ty
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -273,6 +275,14 @@ def cell_vectors(backbone, image: torch.Tensor, labels: torch.Tensor, layers=LAY
     return cells, window_vectors(backbone, windows, masks, layers, tail=tail)
 
 
+def check_context_window(context_window: float, embedding: str = "window") -> None:
+    """ValueError unless context_window is 0 (none) or a finite side >= 1 with the window embedding."""
+    if not (context_window == 0 or 1 <= context_window < math.inf):
+        raise ValueError(f"context_window must be 0 (none) or a finite number >= 1, got {context_window!r}")
+    if context_window and embedding != "window":
+        raise ValueError(f"context_window needs the window embedding, got embedding {embedding!r}")
+
+
 class InstanceScorer:
     """The instance-level decision on a backbone: a reference cell's vectors, every found cell's vectors, and
     each cell's same-type probability from a CellScorer (see the module docstring).
@@ -284,14 +294,20 @@ class InstanceScorer:
     window_size, context: the "window" embedding's windows (`cell_windows`); precision: the backbone passes'
     arithmetic (`percs.model.precision`; the predictor's, so that reference and cells are embedded alike).
     margin: None (the default) keeps a cell by its own probability (`threshold`); a number >= 0 keeps instead
-    the cells whose best logit is within `margin` of the image's best cell's (`decide`).
+    the cells whose best logit is within `margin` of the image's best cell's (`decide`). context_window: 0 (the
+    default) embeds each cell in its one window; a side >= 1 (over the cell's diameter) also embeds it in a
+    second, wider window of the same pixels through the frozen backbone (its neighbourhood: tissue, neighbours,
+    background), whose pooled vectors follow the first window's on the layer axis: vectors (N, 2L, C).
     """
 
     def __init__(self, backbone, scorer: CellScorer | None, layers=LAYERS, embedding: str = "window",
                  threshold: float = 0.5, window: int = 224, stride: int = 168, batch_size: int = 8,
-                 window_size: int = 56, context: float = 2.0, precision: str = "float32"):
+                 window_size: int = 56, context: float = 2.0, precision: str = "float32",
+                 context_window: float = 0.0):
         if embedding not in ("window", "patch"):
             raise ValueError(f"embedding must be 'window' or 'patch', got {embedding!r}")
+        check_context_window(context_window, embedding)
+        self.context_window = float(context_window)
         self.precision = check_precision(precision)
         self._margin: float | None = None
         self.window_size, self.context = window_size, context
@@ -324,7 +340,7 @@ class InstanceScorer:
                 labels = mask.to(torch.int64)
                 vectors = cell_vectors(self.backbone, image, labels, self.layers, self.window_size, self.context,
                                        self.tail)[1]
-                return vectors[0], cell_descriptors(image, labels)[1][0]
+                return self.with_surroundings(vectors, image, labels)[0], cell_descriptors(image, labels)[1][0]
             return reference_vectors(self.backbone, image, mask, self.layers, self.window)
 
     @torch.no_grad()
@@ -335,11 +351,20 @@ class InstanceScorer:
             if self.embedding == "window":
                 cells, vectors = cell_vectors(self.backbone, image, labels, self.layers, self.window_size,
                                               self.context, self.tail)
+                vectors = self.with_surroundings(vectors, image, labels)
             else:
                 features = image_block_features(self.backbone, image, self.layers, self.window, self.stride,
                                                 self.batch_size)
                 cells, vectors = pool_cells(features, pad_to_grid(labels, features[0].shape[1:]))
         return cells, vectors, cell_descriptors(image, labels)[1]
+
+    def with_surroundings(self, vectors: torch.Tensor, image: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """vectors (N, L, C) of the cells of labels (ascending) followed on the layer axis by their context
+        window's (frozen backbone): (N, 2L, C); vectors unchanged without a context window."""
+        if not self.context_window:
+            return vectors
+        wide = cell_vectors(self.backbone, image, labels, self.layers, self.window_size, self.context_window)[1]
+        return torch.cat((vectors, wide.to(vectors.dtype)), 1)
 
     @torch.no_grad()
     def probabilities(self, vectors: torch.Tensor, descriptors: torch.Tensor,

@@ -69,6 +69,11 @@ def cmd_train_scorer(args: argparse.Namespace) -> int:
         print("percs train-scorer: error: --tune-blocks needs --embedding window (cells embedded alone, through "
               "the tuned blocks)", file=sys.stderr)
         return 2
+    if not (args.context_window == 0 or 1 <= args.context_window < float("inf")) or (
+            args.context_window and args.embedding != "window"):
+        print(f"percs train-scorer: error: --context-window must be 0 (none) or a finite number >= 1, with "
+              f"--embedding window (got {args.context_window:g}, {args.embedding})", file=sys.stderr)
+        return 2
     if args.generic_checkpoint and not Path(args.generic_checkpoint).is_file():
         print(f"percs train-scorer: error: --generic-checkpoint {args.generic_checkpoint} does not exist",
               file=sys.stderr)
@@ -81,7 +86,8 @@ def cmd_train_scorer(args: argparse.Namespace) -> int:
         settings = ScorerTraining(items=args.items, epochs=args.epochs, lr=args.lr, seed=args.seed,
                                   embedding=args.embedding, reference_sampling=args.reference_sampling,
                                   window_size=args.window_size, context=args.context, rank_weight=args.rank_weight,
-                                  tune_blocks=args.tune_blocks, tune_lr=args.tune_lr)
+                                  tune_blocks=args.tune_blocks, tune_lr=args.tune_lr,
+                                  context_window=args.context_window)
         digest = train_scorer(args.data, args.backbone_weights, args.out, settings, args.backbone, args.cache)
         print(f"wrote {args.out} (sha256 {digest})")
         if args.generic_checkpoint:
@@ -147,6 +153,9 @@ def add_train_scorer_command(sub) -> None:
                    help="window embedding: each cell's window resampled to this many pixels (a multiple of 14)")
     p.add_argument("--context", type=float, default=2.0,
                    help="window embedding: the window's side over the cell's equivalent diameter (default 2)")
+    p.add_argument("--context-window", type=float, default=0.0, metavar="SIDE",
+                   help="window embedding: also embed each cell in a second window SIDE x its diameter wide (its "
+                        "surroundings; default 0: none)")
     p.add_argument("--reference-sampling", choices=("type", "cell"), default="type",
                    help="the reference type of a draw: uniformly among the crop's types (default, as benchmark "
                         "queries ask each type) or that of a uniformly drawn cell (as percs train)")

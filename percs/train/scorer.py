@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from percs.model.instance import (DESCRIPTORS, LAYERS, CellScorer, InstanceScorer, cell_descriptors, cell_windows,
-                                  tail_vectors, window_vectors)
+                                  check_context_window, tail_vectors, window_vectors)
 from percs.model.precision import inference_precision
 
 SCORER_KIND = "percs-cell-scorer"
@@ -44,7 +44,9 @@ class ScorerTraining:
     cross-entropy alone, as before; docs/type_decision.md measures it); tune_blocks: how many of the backbone's
     last blocks are fine-tuned with the scorer (0: the frozen features, as the paper); the pairs then keep every
     window's tokens before those blocks, so that the fit runs only the tuned blocks (window embedding only);
-    tune_lr: their learning rate (no weight decay: they start from the pretrained weights)."""
+    tune_lr: their learning rate (no weight decay: they start from the pretrained weights); context_window: 0 (the
+    default) or the side, over the cell's diameter, of a second, wider window each cell is also embedded in
+    (`InstanceScorer` context_window; window embedding only)."""
 
     items: int = 3000
     epochs: int = 1
@@ -63,6 +65,7 @@ class ScorerTraining:
     rank_weight: float = 0.0
     tune_blocks: int = 0
     tune_lr: float = 1e-4
+    context_window: float = 0.0
 
     def __post_init__(self) -> None:
         for key in ("items", "epochs", "batch_crops", "width", "hidden"):
@@ -80,6 +83,7 @@ class ScorerTraining:
             raise ValueError(f"tune_blocks needs the window embedding, got embedding {self.embedding!r}")
         if not 0 < self.tune_lr < math.inf:
             raise ValueError(f"tune_lr must be a finite number > 0, got {self.tune_lr!r}")
+        check_context_window(self.context_window, self.embedding)
 
     def tune_start(self, depth: int) -> int:
         """The block after which the tuned ones start (depth - tune_blocks), for a backbone of `depth` blocks."""
@@ -138,24 +142,26 @@ def _window_tokens(embedder: InstanceScorer, image: torch.Tensor, labels: torch.
         cells, windows, masks = cell_windows(image, labels, embedder.window_size, embedder.context)
         vectors, tokens, coverage = window_vectors(embedder.backbone, windows, masks, embedder.layers,
                                                    keep_tokens=keep_tokens)
+        vectors = embedder.with_surroundings(vectors, image, labels)
     return cells, vectors, tokens, coverage
 
 
 def collect_pairs(dataset_path, backbone, items: int, seed: int = 0, layers=LAYERS, progress: bool = True,
                   reference_sampling: str = "type", embedding: str = "window", size: int = 56,
-                  context: float = 2.0, keep_tokens: int | None = None) -> list[dict]:
+                  context: float = 2.0, keep_tokens: int | None = None, context_window: float = 0.0) -> list[dict]:
     """`crop_pairs` of `items` TrainDataset draws of the train split (seeded). reference_sampling: how each
     draw's reference type is chosen (`SamplingConfig.reference_sampling`): "type" (default) uniformly among the
     crop's types, as a benchmark asks one query per type present in a mixed image; "cell" as `percs train`
     draws, which makes the crop's own (most numerous) type the reference's most of the time. keep_tokens: see
-    `crop_pairs` (for `ScorerTraining.tune_blocks`)."""
+    `crop_pairs` (for `ScorerTraining.tune_blocks`); context_window: `InstanceScorer`'s."""
     from tqdm import tqdm
 
     from percs.data.dataset import SamplingConfig, TrainDataset
 
     data = TrainDataset(dataset_path, "train", SamplingConfig(reference_sampling=reference_sampling), seed=seed,
                         length=items)
-    embedder = InstanceScorer(backbone.eval(), None, layers, embedding, window_size=size, context=context)
+    embedder = InstanceScorer(backbone.eval(), None, layers, embedding, window_size=size, context=context,
+                              context_window=context_window)
     pairs = []
     for index in tqdm(range(items), desc="scorer pairs", unit="crop", disable=not progress):
         pair = crop_pairs(embedder, data[index], keep_tokens)
@@ -208,6 +214,11 @@ def fit_scorer(pairs: list[dict], settings: ScorerTraining = ScorerTraining(), p
     generator = torch.Generator().manual_seed(settings.seed)
     torch.manual_seed(settings.seed)
     layers, dim = pairs[0]["cells"].shape[1:]
+    expected = len(settings.layers) * (2 if settings.context_window else 1)
+    if layers != expected:
+        raise ValueError(f"the pairs hold {layers} vectors per cell, settings ask for {expected} (layers "
+                         f"{settings.layers}, context_window {settings.context_window:g}): collect them again, "
+                         "without the old cache")
     tail, start = None, None
     if settings.tune_blocks:
         if backbone is None:
@@ -342,7 +353,8 @@ def train_scorer(dataset_path, backbone_weights, out, settings: ScorerTraining =
         keep = settings.tune_start(len(backbone.blocks)) if settings.tune_blocks else None
         pairs = collect_pairs(dataset_path, backbone, settings.items, settings.seed, settings.layers,
                               reference_sampling=settings.reference_sampling, embedding=settings.embedding,
-                              size=settings.window_size, context=settings.context, keep_tokens=keep)
+                              size=settings.window_size, context=settings.context, keep_tokens=keep,
+                              context_window=settings.context_window)
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
             torch.save(pairs, cache)
@@ -406,11 +418,13 @@ def scorer_from_record(record: dict) -> CellScorer:
     if settings.get("tune_blocks", 0):
         spec = backbone_spec(record["backbone"])
         tail = torch.nn.ModuleList(Block(spec) for _ in range(settings["tune_blocks"]))
-    scorer = CellScorer(len(record["layers"]), record["dim"], len(record["descriptors"]), settings["width"],
-                        settings["hidden"], settings["dropout"], tail)
+    windows = 2 if settings.get("context_window", 0.0) else 1
+    scorer = CellScorer(windows * len(record["layers"]), record["dim"], len(record["descriptors"]),
+                        settings["width"], settings["hidden"], settings["dropout"], tail)
     try:
         scorer.load_state_dict(record["scorer"])
     except RuntimeError as error:
         raise ValueError(f"the scorer's weights do not fit its recorded shape (backbone {record['backbone']!r}, "
-                         f"tune_blocks {settings.get('tune_blocks', 0)}): {error}") from None
+                         f"tune_blocks {settings.get('tune_blocks', 0)}, context_window "
+                         f"{settings.get('context_window', 0.0):g}): {error}") from None
     return scorer.eval()
