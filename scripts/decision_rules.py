@@ -2,6 +2,7 @@
 
     python scripts/decision_rules.py record OUT.json -- eval --method percs --data D --split val [...]
     python scripts/decision_rules.py rules VAL.json TEST.json [NOVEL.json ...]
+    python scripts/decision_rules.py bounds TEST.json [...]
 
 `record` runs `percs eval` (the arguments after `--`) and writes, for every query: the image, target type and
 origin, the number of true target cells, and for every cell the generic model found, its best logit against the
@@ -9,7 +10,9 @@ references and whether it matches a target cell (IoU > 0.5, the benchmark's rule
 a kept set's AP@0.5 is TP / (kept + true - TP): `rules` reproduces `percs eval`'s AP@0.5 of the model's own
 decision exactly, and scores the threshold and margin rules of `percs.model.instance.InstanceScorer.decide`, their
 union ("either") and the margin with a probability floor, each swept on the first file (val) and applied to the
-others. docs/type_decision.md reports what it found.
+others. `bounds` gives what no rule on these logits can beat: each query's best threshold chosen on the query
+itself (the oracle threshold: the best top-k cut of its cells by logit) and the found cells kept by the true type
+(the decision's ceiling with these masks). docs/type_decision.md reports what it found.
 """
 
 from __future__ import annotations
@@ -37,10 +40,12 @@ def record(out: str, eval_argv: list[str]) -> int:
         return decide(instance, candidates, positives, negatives, min_cell_probability)
 
     def recording_score(dataset, query, reference, prediction, labels, predicted, extra=None):
-        truth = runner.true_labels_of(dataset, query, labels)
+        truth, found = runner.without_clicked(runner.true_labels_of(dataset, query, labels), last["labels"], labels,
+                                              runner.clicked_in_query(query, extra))
         queries.append(dict(image=query.image, type=query.target_type, origin=query.origin,
                             n_true=int(np.unique(truth[truth > 0]).size), logits=last["logits"].tolist(),
-                            matched=matched_cells(last["labels"], last["cells"], truth).tolist()))
+                            matched=matched_cells(found, last["cells"], truth).tolist(),
+                            ignored=(~np.isin(last["cells"], found)).tolist()))
         return score_query(dataset, query, reference, prediction, labels, predicted, extra)
 
     references.decide, runner.score_query = recording_decide, recording_score
@@ -64,11 +69,14 @@ def matched_cells(found: np.ndarray, cells: np.ndarray, truth: np.ndarray) -> np
 
 
 def mean_ap(queries: list[dict], keep) -> float:
-    """Mean AP@0.5 over queries of the cells `keep(logits)` selects (bool array)."""
+    """Mean AP@0.5 over queries of the cells `keep(logits)` selects (bool array); cells a query marks "ignored"
+    (matching a positive clicked in the query image, `percs.evaluate.runner.without_clicked`) are not scored."""
     values = []
     for query in queries:
         logits, matched = np.asarray(query["logits"]), np.asarray(query["matched"], bool)
         kept = keep(logits) if len(logits) else np.zeros(0, bool)
+        if "ignored" in query:
+            kept = kept & ~np.asarray(query["ignored"], bool)
         tp = int(matched[kept].sum())
         denominator = int(kept.sum()) + query["n_true"] - tp
         values.append(tp / denominator if denominator else 1.0)
@@ -102,6 +110,36 @@ def rules(paths: list[str]) -> int:
     return 0
 
 
+def oracle_ap(query: dict) -> float:
+    """The query's best AP@0.5 over every threshold on its own logits (keeping its k best cells, k = 0..N)."""
+    logits, matched = np.asarray(query["logits"]), np.asarray(query["matched"], bool)
+    if "ignored" in query:
+        scored = ~np.asarray(query["ignored"], bool)
+        logits, matched = logits[scored], matched[scored]
+    order = np.argsort(-logits, kind="stable")
+    tp = np.concatenate(([0], np.cumsum(matched[order])))
+    kept = np.arange(len(logits) + 1)
+    denominator = kept + query["n_true"] - tp
+    ap = np.where(denominator > 0, tp / np.maximum(denominator, 1), 1.0)
+    if len(logits):                         # tied logits cannot be cut apart: only cuts between distinct values
+        sorted_logits = logits[order]
+        ap = ap[np.concatenate(([True], sorted_logits[:-1] != sorted_logits[1:], [True]))]
+    return float(ap.max())
+
+
+def bounds(paths: list[str]) -> int:
+    print("records | oracle threshold per query | true type kept (ceiling) | every found cell")
+    for path in paths:
+        with open(path) as file:
+            queries = json.load(file)
+        oracle = float(np.mean([oracle_ap(query) for query in queries]))
+        ceiling = float(np.mean([mean_ap([query], lambda x, q=query: np.asarray(q["matched"], bool))
+                                 for query in queries]))
+        every = mean_ap(queries, lambda x: np.ones(len(x), bool))
+        print(f"{path} | {oracle:.3f} | {ceiling:.3f} | {every:.3f}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["record"]:
@@ -110,10 +148,10 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         return record(argv[1], argv[3:])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=("rules",))
+    parser.add_argument("command", choices=("rules", "bounds"))
     parser.add_argument("records", nargs="+", help="record files; the first chooses each rule's parameters")
     args = parser.parse_args(argv)
-    return rules(args.records)
+    return rules(args.records) if args.command == "rules" else bounds(args.records)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> None:
     for shots in args.shots:
         for negatives in args.negatives:
             out = Path(args.out) / f"k{shots}-m{negatives}"
-            setting = ShotsConfig(shots, negatives, args.seed, args.negatives_from)
+            setting = ShotsConfig(shots, negatives, args.seed, args.negatives_from, args.positives_from)
             config = EvalConfig(args.split, worst=0, progress=True, shots=setting)
             metrics = run_eval(method, dataset, out, config, method_key="percs")
             ap = metrics["overall"]["iou"]["0.5"]["mean"]["ap"]
@@ -115,6 +115,7 @@ def main() -> None:
     p.add_argument("--negatives", type=int, nargs="+", default=[0, 2])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--negatives-from", choices=("random", "false-positives"), default="random")
+    p.add_argument("--positives-from", choices=("other-images", "query-image"), default="other-images")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=run)
     p = sub.add_parser("plot", help="a PNG (and markdown table) of several sweeps")

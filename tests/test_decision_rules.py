@@ -44,3 +44,36 @@ def test_no_true_cell_and_no_found_cell():
     assert not rules.matched_cells(np.ones((4, 4), np.int32), np.array([1]), np.zeros((4, 4), np.int32)).any()
     assert rules.mean_ap([dict(logits=[], matched=[], n_true=3)], lambda x: x > 0) == 0.0
     assert rules.mean_ap([dict(logits=[1.0], matched=[False], n_true=0)], lambda x: x > 5) == 1.0
+
+
+def test_oracle_threshold_is_the_best_threshold_on_the_query_itself():
+    rules = _script()
+    rng = np.random.default_rng(1)
+    for trial in range(20):
+        n = int(rng.integers(0, 12))
+        logits = np.round(rng.normal(size=n), 1)                    # rounded: tied logits too
+        query = dict(logits=logits.tolist(), matched=(rng.random(n) < 0.4).tolist(), n_true=int(rng.integers(0, 6)))
+        thresholds = np.concatenate((logits, [np.inf]))
+        best = max(rules.mean_ap([query], lambda x, t=t: x >= t) for t in thresholds)
+        assert rules.oracle_ap(query) == best
+    assert rules.oracle_ap(dict(logits=[0.5, 0.5], matched=[True, False], n_true=1)) == 0.5
+
+
+def test_bounds_prints_oracle_ceiling_and_every_cell(tmp_path, capsys):
+    import json
+
+    rules = _script()
+    queries = [dict(logits=[2.0, 1.0, 0.0], matched=[False, True, True], n_true=3)]
+    path = tmp_path / "test.json"
+    path.write_text(json.dumps(queries))
+    assert rules.main(["bounds", str(path)]) == 0
+    # oracle: all 3 kept (2 / 4 = 0.5); ceiling: the 2 matched (2 / 3); every cell: 0.5
+    assert capsys.readouterr().out.splitlines()[1] == f"{path} | 0.500 | 0.667 | 0.500"
+
+
+def test_ignored_cells_are_neither_kept_nor_missed():
+    rules = _script()
+    query = dict(logits=[3.0, 2.0, 1.0], matched=[False, True, False], n_true=2, ignored=[True, False, False])
+    assert rules.mean_ap([query], lambda x: x >= 1.5) == 0.5             # cell 0 ignored: 1 TP, 0 FP, 1 FN
+    assert rules.oracle_ap(query) == 0.5
+    assert rules.oracle_ap(dict(query, ignored=[False, False, False])) == 1 / 3

@@ -84,7 +84,8 @@ def test_a_run_with_shots_gives_every_reference_and_records_them(dataset, tmp_pa
     metrics = run_eval(method, dataset, tmp_path / "shots", config)
     queries = split_queries(dataset, "test")
     assert len(method.calls) == len(queries)
-    assert metrics["shots"] == {"shots": 3, "negatives": 2, "seed": 1, "negatives_from": "random"}
+    assert metrics["shots"] == {"shots": 3, "negatives": 2, "seed": 1, "negatives_from": "random",
+                                "positives_from": "other-images"}
     for query, (image, positive_types, negatives), entry in zip(queries, method.calls, metrics["queries"]):
         assert image == query.image and positive_types == [query.target_type] * 3
         assert all(name == query.image and t != query.target_type for name, t in negatives)
@@ -176,3 +177,54 @@ def test_negatives_from_false_positives_are_cells_the_method_wrongly_took(datase
     assert "[1 shot, 2 negatives from false positives]" in rows
     with pytest.raises(ValueError, match="negatives_from must be one of"):
         ShotsConfig(negatives_from="clicks")
+
+
+def test_positives_from_the_query_image_are_its_own_cells_of_the_type(dataset, tmp_path):
+    queries = split_queries(dataset, "test")
+    config = ShotsConfig(shots=4, seed=2, positives_from="query-image")
+    extras = extra_references(dataset, queries, config, reader(dataset))
+    assert extras == extra_references(dataset, queries, config, reader(dataset))       # seeded
+    drawn = 0
+    for query, extra in zip(queries, extras):
+        record = dataset.record(query.image)
+        whole = cell_table(dataset.read_labels(record))
+        of_type = [label for label, is_whole in zip(whole.labels, whole.whole)
+                   if is_whole and record.type_of(label) == query.target_type
+                   and (query.image, label) != (query.reference_image, query.reference_label)]
+        assert len(extra.positives) <= 3 and len({r.label for r in extra.positives}) == len(extra.positives)
+        assert all(r.image == query.image and r.label in of_type for r in extra.positives)
+        drawn += len(extra.positives)
+    assert drawn > 0
+    method = ShotsOracle(dataset)
+    metrics = run_eval(method, dataset, tmp_path / "own", EvalConfig(**FAST, shots=config))
+    assert metrics["shots"]["positives_from"] == "query-image"
+    for query, entry in zip(queries, metrics["queries"]):
+        assert all(image == query.image for image, _ in entry["extra_positives"])
+        n_target = len(dataset.record(query.image).labels_of_type(query.target_type))
+        assert entry["n_true"] == n_target - len(entry["extra_positives"])     # clicked cells are not scored
+    assert metrics["overall"]["iou"]["0.5"]["mean"]["ap"]["value"] == 1.0      # nor the predictions matching them
+    assert "[4 shots from the query image, 0 negatives]" in render_table([metrics]).split("\n\n")[1]
+    with pytest.raises(ValueError, match="positives_from must be one of"):
+        ShotsConfig(positives_from="clicks")
+
+
+def test_positives_from_on_the_command_line(dataset, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", "--method", "oracle", "--data", str(dataset.root), "--split", "test", "--out",
+              str(tmp_path / "cli"), "--positives-from", "elsewhere"])
+    assert exit_info.value.code == 2 and "--positives-from: invalid choice: 'elsewhere'" in capsys.readouterr().err
+
+
+def test_without_clicked_drops_the_clicked_cells_and_their_matches():
+    from percs.evaluate.runner import without_clicked
+
+    labels = np.zeros((8, 12), np.int32)
+    labels[1:4, 1:4], labels[1:4, 6:9], labels[5:8, 1:4] = 1, 2, 3
+    truth = np.where(np.isin(labels, [1, 2]), labels, 0)                      # target cells 1, 2
+    predicted = np.zeros_like(labels)
+    predicted[1:4, 1:4], predicted[1:4, 6:8], predicted[5:8, 1:4] = 7, 8, 9    # 7 matches 1; 8 matches 2
+    kept_truth, kept_predicted = without_clicked(truth, predicted, labels, np.array([1]))
+    assert set(np.unique(kept_truth)) == {0, 2} and set(np.unique(kept_predicted)) == {0, 8, 9}
+    shifted = np.roll(predicted, 2, axis=1)                                    # 7 overlaps cell 1 at IoU 1/5
+    assert 7 in without_clicked(truth, shifted, labels, np.array([1]))[1]
+    assert without_clicked(truth, predicted, labels, np.zeros(0, np.int64))[1] is predicted

@@ -22,7 +22,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     try:  # every input (options, checkpoint file, dataset, split, out) is checked before a model is loaded
         entry, dataset = _method_and_dataset(args)
         bootstrap = BootstrapConfig(resamples=args.bootstrap, seed=args.bootstrap_seed)
-        shots = ShotsConfig(args.shots, args.negatives, args.shots_seed, args.negatives_from)
+        shots = ShotsConfig(args.shots, args.negatives, args.shots_seed, args.negatives_from, args.positives_from)
         config = EvalConfig(args.split, args.control, args.control_seed, bootstrap, args.worst, args.progress,
                             args.every, shots)
         _check_split_and_out(dataset, args)
@@ -119,6 +119,9 @@ def _add_eval(sub) -> None:
     p.add_argument("--shots", type=int, default=1, metavar="K",
                    help="positive references per query, the fixed one included (default 1); the K - 1 more are "
                         "random cells of the target type from other images of the split (seeded, in metrics.json)")
+    p.add_argument("--positives-from", choices=("other-images", "query-image"), default="other-images",
+                   help="other-images (default): the --shots positives come from other images of the split; "
+                        "query-image: from the query image itself (cells a user clicks there; left out of the scoring)")
     p.add_argument("--negatives", type=int, default=0, metavar="M",
                    help="negative references per query (default 0): random cells of other types in the query "
                         "image, the cells a user would click as wrongly taken")

@@ -7,7 +7,9 @@
 
 Queries are run image by image (a split's queries are stored by image name), so each image is read once;
 reference images stay in a small cache. The true labels of a query are its image's cells of the target type
-(as in validation, `percs.train.validate`), whichever reference the method was given.
+(as in validation, `percs.train.validate`), whichever reference the method was given. Positives clicked in the
+query image itself (`--shots K --positives-from query-image`) are left out of the scoring (`without_clicked`):
+a user's examples are not results.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from percs.evaluate.methods import Method
 from percs.evaluate.report import build_metrics, write_outputs
 from percs.evaluate.shots import Extra, ShotsConfig, extra_references, false_positive_negatives
 from percs.evaluate.summary import IOU_RULE, THRESHOLDS, BootstrapConfig, QueryCounts
-from percs.metrics import evaluate
+from percs.metrics import evaluate, label_overlaps
 
 
 class EvalError(ValueError):
@@ -176,10 +178,31 @@ def true_labels_of(dataset: Dataset, query: Query, labels: np.ndarray) -> np.nda
     return np.where(np.isin(labels, wanted), labels, 0)
 
 
+def clicked_in_query(query: Query, extra: Extra | None) -> np.ndarray:
+    """Label ids of the extra positives drawn in the query image itself (the cells a user clicked there)."""
+    if extra is None:
+        return np.zeros(0, np.int64)
+    return np.array([r.label for r in extra.positives if r.image == query.image], np.int64)
+
+
+def without_clicked(truth: np.ndarray, predicted: np.ndarray, labels: np.ndarray, clicked: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """(truth, predicted) without the clicked true cells (ids of `labels`) and the predicted cells that match
+    one of them at IoU > 0.5 (the benchmark's match): a clicked cell is neither a hit nor a miss."""
+    if len(clicked) == 0:
+        return truth, predicted
+    clicked_cells = np.where(np.isin(labels, clicked), labels, 0).astype(np.int32)
+    overlaps = label_overlaps(clicked_cells, predicted.astype(np.int32))
+    matched = overlaps.pred_labels[overlaps.pair_pred[overlaps.iou() > 0.5]]
+    return np.where(np.isin(truth, clicked), 0, truth), np.where(np.isin(predicted, matched), 0, predicted)
+
+
 def score_query(dataset: Dataset, query: Query, reference: Reference, prediction: str, labels: np.ndarray,
                 predicted: np.ndarray, extra: Extra | None = None) -> QueryRecord:
-    """The QueryRecord of one prediction against the query's true cells."""
-    stats = evaluate(true_labels_of(dataset, query, labels), predicted, THRESHOLDS, iou_rule=IOU_RULE)
+    """The QueryRecord of one prediction against the query's true cells (the clicked ones left out)."""
+    truth, predicted = without_clicked(true_labels_of(dataset, query, labels), predicted, labels,
+                                       clicked_in_query(query, extra))
+    stats = evaluate(truth, predicted, THRESHOLDS, iou_rule=IOU_RULE)
     counts = QueryCounts(query.image, query.target_type, query.origin, tuple(s.tp for s in stats),
                          tuple(s.fp for s in stats), tuple(s.fn for s in stats))
     return QueryRecord(query, reference, prediction, stats[0].n_true, stats[0].n_pred, counts, extra)

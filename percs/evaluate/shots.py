@@ -5,10 +5,14 @@ The draws model what a user does with `Segmenter.refine`: more examples of the t
 cells of the query image that are not the type (the wrongly taken cells they would click). For query i,
 `np.random.default_rng([seed, i])` draws
 
-- positives: K - 1 images of the query's split that hold the target type, other than the query image
-  (without repetition while there are enough; the reference's own image may be among them), and in each a
-  random whole (not border-touching) cell of the type, not the fixed reference, of at least half the median
-  area of the type's whole cells in that image (no fragments);
+- positives (`positives_from="other-images"`): K - 1 images of the query's split that hold the target type,
+  other than the query image (without repetition while there are enough; the reference's own image may be
+  among them), and in each a random whole (not border-touching) cell of the type, not the fixed reference, of
+  at least half the median area of the type's whole cells in that image (no fragments);
+- positives (`positives_from="query-image"`): K - 1 such cells of the query image itself (as many as there are
+  when fewer): the cells a user clicks in the image being segmented. They are left out of the scoring, with
+  the predicted cells that match them (`percs.evaluate.runner.without_clicked`): a user's examples are not
+  results;
 - negatives (`negatives_from="random"`): M random whole cells of the query image whose type is not the target
   (as many as there are when fewer, the same area rule per type), the same for every method;
 - negatives (`negatives_from="false-positives"`): what a user clicks after seeing a result: the method first
@@ -35,19 +39,24 @@ if TYPE_CHECKING:
 
 
 NEGATIVE_SOURCES = ("random", "false-positives")
+POSITIVE_SOURCES = ("other-images", "query-image")
 
 
 @dataclass(frozen=True)
 class ShotsConfig:
     """shots: positive references per query, the fixed one included (>= 1); negatives: negative references
-    per query (>= 0); seed: of the draws."""
+    per query (>= 0); seed: of the draws; negatives_from, positives_from: where they are drawn (module
+    docstring)."""
 
     shots: int = 1
     negatives: int = 0
     seed: int = 0
     negatives_from: str = "random"
+    positives_from: str = "other-images"
 
     def __post_init__(self) -> None:
+        if self.positives_from not in POSITIVE_SOURCES:
+            raise ValueError(f"positives_from must be one of {POSITIVE_SOURCES}, got {self.positives_from!r}")
         if self.negatives_from not in NEGATIVE_SOURCES:
             raise ValueError(f"negatives_from must be one of {NEGATIVE_SOURCES}, got {self.negatives_from!r}")
         if self.shots < 1:
@@ -61,7 +70,9 @@ class ShotsConfig:
 
     def label(self) -> str:
         """The table row's mark, e.g. "5 shots, 2 negatives" ("... 2 negatives from false positives")."""
-        text = f"{self.shots} shot{'s' * (self.shots > 1)}, {self.negatives} negative{'s' * (self.negatives != 1)}"
+        text = f"{self.shots} shot{'s' * (self.shots > 1)}"
+        text += " from the query image" if self.shots > 1 and self.positives_from == "query-image" else ""
+        text += f", {self.negatives} negative{'s' * (self.negatives != 1)}"
         return text + (" from false positives" if self.negatives and self.negatives_from != "random" else "")
 
 
@@ -83,8 +94,11 @@ def extra_references(dataset: Dataset, queries: list[Query], config: ShotsConfig
     for i, query in enumerate(queries):
         rng = np.random.default_rng([config.seed, i])
         record = dataset.record(query.image)
-        holders = [r for r in by_split[record.split]
-                   if r.name != query.image and query.target_type in r.instance_types]
+        if config.positives_from == "query-image":
+            holders = [record]
+        else:
+            holders = [r for r in by_split[record.split]
+                       if r.name != query.image and query.target_type in r.instance_types]
         fixed = Reference(query.reference_image, query.reference_label)
         positives = _positives(holders, query.target_type, config.shots - 1, fixed, rng, read_labels)
         drawn = ()
