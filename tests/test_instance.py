@@ -211,7 +211,7 @@ def test_fit_scorer_refuses_one_class_pairs():
     for pair in pairs:
         pair["target"][:] = False
     with pytest.raises(ValueError, match="all of one class"):
-        fit_scorer(pairs, ScorerTraining(epochs=1), progress=False)
+        fit_scorer(pairs, ScorerTraining(epochs=1, layers=(1, 2)), progress=False)
 
 
 def test_collect_pairs_labels_each_crop_cell_by_the_references_type(tmp_path):
@@ -239,7 +239,6 @@ def test_percs_instance_method_scores_the_generic_masks(tmp_path):
     checkpoint = generic_checkpoint(bench, tmp_path / "generic.pt", generic=True)
     backbone = copy.deepcopy(load_model(checkpoint, "cpu")[0].backbone)
     settings = ScorerTraining(layers=(1,), epochs=1)
-    scorer = fit_scorer(_separable_pairs(4, 0), ScorerTraining(layers=(1,), epochs=1), progress=False)
     scorer = CellScorer(1, 32)  # the right width for the tiny backbone, untrained
     path = tmp_path / "scorer.pt"
     save_scorer(path, scorer.eval(), settings, "vits14", {"dataset": "tiny"}, 0.0, backbone_fingerprint(backbone))

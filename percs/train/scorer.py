@@ -214,11 +214,6 @@ def fit_scorer(pairs: list[dict], settings: ScorerTraining = ScorerTraining(), p
     generator = torch.Generator().manual_seed(settings.seed)
     torch.manual_seed(settings.seed)
     layers, dim = pairs[0]["cells"].shape[1:]
-    expected = len(settings.layers) * (2 if settings.context_window else 1)
-    if layers != expected:
-        raise ValueError(f"the pairs hold {layers} vectors per cell, settings ask for {expected} (layers "
-                         f"{settings.layers}, context_window {settings.context_window:g}): collect them again, "
-                         "without the old cache")
     tail, start = None, None
     if settings.tune_blocks:
         if backbone is None:
@@ -234,6 +229,11 @@ def fit_scorer(pairs: list[dict], settings: ScorerTraining = ScorerTraining(), p
     if tail is not None and not tuned:
         raise ValueError(f"tune_blocks={settings.tune_blocks} tunes blocks after {start}, which no layer of "
                          f"{settings.layers} reads")
+    expected = len(settings.layers) * (2 if settings.context_window else 1)
+    if layers != expected:
+        raise ValueError(f"the pairs hold {layers} vectors per cell, settings ask for {expected} (layers "
+                         f"{settings.layers}, context_window {settings.context_window:g}): collect them again, "
+                         "without the old cache")
     scorer = CellScorer(layers, dim, len(DESCRIPTORS), settings.width, settings.hidden, settings.dropout, tail)
     head = [p for name, p in scorer.named_parameters() if not name.startswith("tail.")]
     groups = [dict(params=head)]
