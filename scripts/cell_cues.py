@@ -61,8 +61,8 @@ def split_queries(dataset, split: str, backbone, layers, every: int = 1, embeddi
         ref_mask = torch.from_numpy(dataset.read_labels(ref_record) == q.reference_label)
         ref_vectors, ref_descriptors, ref_tokens = embed_reference_cell(embedder, ref_image, ref_mask, keep_tokens)
         out.append(dict(cells=vectors, descriptors=descriptors, target=torch.from_numpy(types == q.target_type),
-                        image=q.image, types=types, reference=ref_vectors, reference_descriptors=ref_descriptors, origin=q.origin,
-                        target_type=q.target_type, **tokens, **ref_tokens))
+                        image=q.image, types=types, reference=ref_vectors, reference_descriptors=ref_descriptors,
+                        origin=q.origin, target_type=q.target_type, **tokens, **ref_tokens))
     return out
 
 

@@ -62,10 +62,9 @@ def record(out: str, eval_argv: list[str]) -> int:
 
 def matched_cells(found: np.ndarray, cells: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """(N,) bool: found cell `cells[i]` overlaps a true cell at IoU > 0.5 (each found cell matches at most one)."""
-    from percs.metrics import label_overlaps
+    from percs.evaluate.runner import matched_predictions
 
-    overlaps = label_overlaps(truth.astype(np.int32), found.astype(np.int32))
-    return np.isin(cells, overlaps.pred_labels[overlaps.pair_pred[overlaps.iou() > 0.5]])
+    return np.isin(cells, matched_predictions(truth, found))
 
 
 def mean_ap(queries: list[dict], keep) -> float:

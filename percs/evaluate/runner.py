@@ -191,10 +191,15 @@ def without_clicked(truth: np.ndarray, predicted: np.ndarray, labels: np.ndarray
     one of them at IoU > 0.5 (the benchmark's match): a clicked cell is neither a hit nor a miss."""
     if len(clicked) == 0:
         return truth, predicted
-    clicked_cells = np.where(np.isin(labels, clicked), labels, 0).astype(np.int32)
-    overlaps = label_overlaps(clicked_cells, predicted.astype(np.int32))
-    matched = overlaps.pred_labels[overlaps.pair_pred[overlaps.iou() > 0.5]]
+    matched = matched_predictions(np.where(np.isin(labels, clicked), labels, 0), predicted)
     return np.where(np.isin(truth, clicked), 0, truth), np.where(np.isin(predicted, matched), 0, predicted)
+
+
+def matched_predictions(truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """Label ids of the predicted cells that match a true cell at IoU > 0.5 (the benchmark's match; each
+    predicted cell matches at most one)."""
+    overlaps = label_overlaps(truth.astype(np.int32), predicted.astype(np.int32))
+    return overlaps.pred_labels[overlaps.pair_pred[overlaps.iou() > 0.5]]
 
 
 def score_query(dataset: Dataset, query: Query, reference: Reference, prediction: str, labels: np.ndarray,
