@@ -6,13 +6,16 @@
 
 `record` runs `percs eval` (the arguments after `--`) and writes, for every query: the image, target type and
 origin, the number of true target cells, and for every cell the generic model found, its best logit against the
-references and whether it matches a target cell (IoU > 0.5, the benchmark's rule). Found masks are disjoint, so
-a kept set's AP@0.5 is TP / (kept + true - TP): `rules` reproduces `percs eval`'s AP@0.5 of the model's own
-decision exactly, and scores the threshold and margin rules of `percs.model.instance.InstanceScorer.decide`, their
-union ("either") and the margin with a probability floor, each swept on the first file (val) and applied to the
-others. `bounds` gives what no rule on these logits can beat: each query's best threshold chosen on the query
-itself (the oracle threshold: the best top-k cut of its cells by logit) and the found cells kept by the true type
-(the decision's ceiling with these masks). docs/type_decision.md reports what it found.
+references, its logit against the image's best match (the found cell with the largest logit, as
+`InstanceScorer.expand` takes it) and whether it matches a target cell (IoU > 0.5, the benchmark's rule). Found
+masks are disjoint, so a kept set's AP@0.5 is TP / (kept + true - TP): `rules` reproduces `percs eval`'s AP@0.5 of
+the model's own decision exactly, and scores the threshold and margin rules of
+`percs.model.instance.InstanceScorer.decide`, their union ("either"), the margin with a probability floor and the
+threshold on the logits with the image's best match averaged in ("expand A": (1 - A) x logit + A x the logit
+against the best match, `InstanceScorer.decide`), each swept on the first file (val) and applied to the others.
+`bounds` gives what no rule on these logits can beat: each query's best threshold chosen on the query itself (the
+oracle threshold: the best top-k cut of its cells by logit) and the found cells kept by the true type (the
+decision's ceiling with these masks). docs/type_decision.md reports what it found.
 """
 
 from __future__ import annotations
@@ -34,9 +37,13 @@ def record(out: str, eval_argv: list[str]) -> int:
     decide, score_query = references.decide, runner.score_query
 
     def recording_decide(instance, candidates, positives, negatives, min_cell_probability=None):
-        logits = instance.logits(candidates.vectors, candidates.descriptors, positives).max(1).values
+        vectors, descriptors = candidates.vectors, candidates.descriptors
+        logits = instance.logits(vectors, descriptors, positives).max(1).values
+        eligible = instance.logits(vectors, descriptors, negatives).max(1).values <= logits if negatives else None
+        match = instance.best_match(vectors, descriptors, logits, eligible)
+        match = logits if match is None else match
         last.update(labels=candidates.labels.cpu().numpy(), cells=candidates.cells.cpu().numpy(),
-                    logits=logits.float().cpu().numpy())
+                    logits=logits.float().cpu().numpy(), match=match.float().cpu().numpy())
         return decide(instance, candidates, positives, negatives, min_cell_probability)
 
     def recording_score(dataset, query, reference, prediction, labels, predicted, extra=None):
@@ -44,6 +51,7 @@ def record(out: str, eval_argv: list[str]) -> int:
                                               runner.clicked_in_query(query, extra))
         queries.append(dict(image=query.image, type=query.target_type, origin=query.origin,
                             n_true=int(np.unique(truth[truth > 0]).size), logits=last["logits"].tolist(),
+                            match=last["match"].tolist(),
                             matched=matched_cells(found, last["cells"], truth).tolist(),
                             ignored=(~np.isin(last["cells"], found)).tolist()))
         return score_query(dataset, query, reference, prediction, labels, predicted, extra)
@@ -97,6 +105,16 @@ RULES = {
 }
 
 
+EXPAND = (0.25, 0.5, 0.75, 1.0)
+
+
+def expanded(queries: list[dict], weight: float) -> list[dict]:
+    """The queries with each cell's logit replaced by (1 - weight) x it + weight x its logit against the image's
+    best match (the record's "match"), as `InstanceScorer.decide` decides with `expand` = weight."""
+    return [dict(query, logits=((1 - weight) * np.asarray(query["logits"], float)
+                                + weight * np.asarray(query["match"], float)).tolist()) for query in queries]
+
+
 def rules(paths: list[str]) -> int:
     splits = []
     for path in paths:
@@ -106,6 +124,12 @@ def rules(paths: list[str]) -> int:
     for name, grid in RULES.items():
         parameters, keep = max(grid, key=lambda item: mean_ap(splits[0], item[1]))
         print(f"{name} {parameters}", *(f"{mean_ap(queries, keep):.3f}" for queries in splits), sep=" | ")
+    if all("match" in query for queries in splits for query in queries):
+        for weight in EXPAND:
+            weighted = [expanded(queries, weight) for queries in splits]
+            parameters, keep = max(RULES["threshold"], key=lambda item: mean_ap(weighted[0], item[1]))
+            print(f"expand {weight:g}, threshold {parameters}",
+                  *(f"{mean_ap(queries, keep):.3f}" for queries in weighted), sep=" | ")
     return 0
 
 
@@ -127,7 +151,8 @@ def oracle_ap(query: dict) -> float:
 
 
 def bounds(paths: list[str]) -> int:
-    print("records | oracle threshold per query | true type kept (ceiling) | every found cell")
+    print("records | oracle threshold per query | true type kept (ceiling) | every found cell "
+          "| oracle threshold per query, expand 0.5")
     for path in paths:
         with open(path) as file:
             queries = json.load(file)
@@ -135,7 +160,10 @@ def bounds(paths: list[str]) -> int:
         ceiling = float(np.mean([mean_ap([query], lambda x, q=query: np.asarray(q["matched"], bool))
                                  for query in queries]))
         every = mean_ap(queries, lambda x: np.ones(len(x), bool))
-        print(f"{path} | {oracle:.3f} | {ceiling:.3f} | {every:.3f}")
+        line = f"{path} | {oracle:.3f} | {ceiling:.3f} | {every:.3f}"
+        if all("match" in query for query in queries):
+            line += f" | {np.mean([oracle_ap(query) for query in expanded(queries, 0.5)]):.3f}"
+        print(line)
     return 0
 
 

@@ -77,3 +77,42 @@ def test_ignored_cells_are_neither_kept_nor_missed():
     assert rules.mean_ap([query], lambda x: x >= 1.5) == 0.5             # cell 0 ignored: 1 TP, 0 FP, 1 FN
     assert rules.oracle_ap(query) == 0.5
     assert rules.oracle_ap(dict(query, ignored=[False, False, False])) == 1 / 3
+
+
+def test_expand_rule_keeps_what_the_instance_decision_keeps(tmp_path, capsys):
+    """The script's "expand A" rule on recorded logits and best-match logits keeps the cells that
+    `InstanceScorer.decide` with `expand` = A keeps (a distance scorer, random cells)."""
+    import json
+
+    import torch
+
+    from percs.model.instance import InstanceScorer
+    from predict_helpers import DistanceScorer
+
+    rules = _script()
+    rng = np.random.default_rng(2)
+    vectors = torch.from_numpy(rng.normal(size=(15, 2, 4)).astype(np.float32))
+    descriptors, reference = torch.zeros(15, 3), (torch.from_numpy(rng.normal(size=(2, 4)).astype(np.float32)),
+                                                  torch.zeros(3))
+    instance = InstanceScorer(None, DistanceScorer(offset=12.0))
+    logits = instance.logits(vectors, descriptors, [reference])[:, 0]
+    best = int(logits.argmax())
+    match = instance.logits(vectors, descriptors, [(vectors[best], descriptors[best])])[:, 0]   # as `record` does
+    matched = rng.random(15) < 0.4
+    query = dict(logits=logits.tolist(), match=match.tolist(), matched=matched.tolist(), n_true=int(matched.sum()))
+    for weight in (0.25, 0.5, 1.0):
+        score = np.asarray(rules.expanded([query], weight)[0]["logits"])
+        threshold = float(np.median(score)) + 1e-3                        # between cells, not on one
+        instance.expand, instance.threshold = weight, 1 / (1 + np.exp(-threshold))
+        _, keep = instance.decide(vectors, descriptors, [reference])
+        np.testing.assert_array_equal(keep.numpy(), score >= threshold)
+        assert 0 < keep.sum() < 15
+    assert rules.expanded([query], 0.0)[0]["logits"] == query["logits"]
+    path = tmp_path / "val.json"
+    path.write_text(json.dumps([query]))
+    assert rules.main(["rules", str(path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(",")[0] for line in lines if line.startswith("expand")] == \
+        [f"expand {w:g}" for w in rules.EXPAND]
+    assert rules.main(["bounds", str(path)]) == 0
+    assert len(capsys.readouterr().out.splitlines()[1].split(" | ")) == 5      # the expand-0.5 oracle column

@@ -245,7 +245,7 @@ def test_percs_instance_method_scores_the_generic_masks(tmp_path):
     method = build_instance(_instance_args(generic_checkpoint=str(checkpoint), scorer=str(path)), load_dataset(bench))
     assert method.name.endswith(f"threshold {method.threshold:g} on val, 2 queries)")
     assert method.settings["threshold"] in method.settings["val_mean_ap50_by_threshold"]
-    image, red, _ = red_and_green_disks()
+    image, red, green = red_and_green_disks()
     found = method.probabilities(image, image, red == 1)
     np.testing.assert_array_equal(found.labels, method.source(image))
     assert found.similarity.shape == found.cells.shape and ((0 <= found.similarity) & (found.similarity <= 1)).all()
@@ -257,6 +257,24 @@ def test_percs_instance_method_scores_the_generic_masks(tmp_path):
     looser = build_instance(_instance_args(generic_checkpoint=str(checkpoint), scorer=str(path), scorer_threshold=0.5,
                                            flow_threshold=0.0, flips=2))  # percs eval --flow-threshold 0 --flips 2
     assert looser.settings["predict"]["flow_threshold"] == 0.0 and looser.source.predictor.config.flips == 2
+    expanded = build_instance(_instance_args(generic_checkpoint=str(checkpoint), scorer=str(path),
+                                             scorer_threshold=0.5, scorer_expand=0.5))
+    assert expanded.instance.expand == 0.5 and expanded.settings["expand"] == 0.5 and "best match" in expanded.name
+    from percs.predict import as_input_image
+
+    disks = np.where(green > 0, green + 4, red).astype(np.int32)  # every disk found (the tiny model finds none)
+    cells, vectors, descriptors = expanded.instance.cells(as_input_image(image, "cpu"), torch.from_numpy(disks))
+    expanded.cells = lambda image, scale: (disks, cells.numpy(), vectors, descriptors)
+    reference = expanded._reference(image, red == 1)
+    alone = expanded.instance.logits(vectors, descriptors, [reference])[:, 0]
+    best = int(alone.argmax())
+    match = expanded.instance.logits(vectors, descriptors, [(vectors[best], descriptors[best])])[:, 0]
+    found = expanded.probabilities(image, image, red == 1)
+    assert len(found.cells) == int(disks.max()) > 1
+    np.testing.assert_allclose(found.similarity, torch.sigmoid(0.5 * alone + 0.5 * match).numpy(), rtol=1e-5)
+    with pytest.raises(ValueError, match=r"--scorer-expand must be a number in \[0, 1\]"):
+        build_instance(_instance_args(generic_checkpoint=str(checkpoint), scorer=str(path), scorer_threshold=0.5,
+                                      scorer_expand=2.0))
     save_scorer(path, scorer.eval(), settings, "vits14", {"dataset": "tiny"}, 0.0, "another backbone")
     with pytest.raises(ValueError, match="other backbone weights"):
         build_instance(_instance_args(generic_checkpoint=str(checkpoint), scorer=str(path), scorer_threshold=0.5))
@@ -360,6 +378,20 @@ def test_a_generic_checkpoint_with_a_scorer_attached_is_one_model_for_segmenter_
                   predict={"flow_threshold": 0.6, "flips": 2})
     loose = Segmenter.from_checkpoint(tmp_path / "loose.pt", "cpu")
     assert loose.predictor.config.flow_threshold == 0.6 and segmenter.predictor.config.flow_threshold == 0.4
+    assert segmenter.instance.expand == 0.0 and loose.instance.expand == 0.0       # no expand recorded: 0
+    attach_scorer(generic, tmp_path / "scorer.pt", 0.5, tmp_path / "expanded.pt", expand=0.5)
+    expanded = build_percs_method(argparse.Namespace(**{**vars(args), "checkpoint": str(tmp_path / "expanded.pt")}),
+                                  None)
+    assert expanded.settings["instance"]["expand"] == 0.5 and "best match weighted 0.5" in expanded.name
+    override = build_percs_method(argparse.Namespace(**{**vars(args), "checkpoint": str(tmp_path / "expanded.pt"),
+                                                        "expand": 0.0}), None)
+    assert override.settings["instance"]["expand"] == 0.0 and "best match" not in override.name
+    with pytest.raises(ValueError, match=r"--expand: expand must be a number in \[0, 1\]"):
+        build_percs_method(argparse.Namespace(**{**vars(args), "expand": 1.5}), None)
+    with pytest.raises(ValueError, match="--expand needs a model with an instance-level decision"):
+        build_percs_method(argparse.Namespace(**{**vars(args), "checkpoint": str(generic), "expand": 0.5}), None)
+    with pytest.raises(ValueError, match=r"expand must be in \[0, 1\]"):
+        attach_scorer(generic, tmp_path / "scorer.pt", 0.5, tmp_path / "bad.pt", expand=-0.5)
     assert load_model(tmp_path / "loose.pt", "cpu")[1].predict.flips == 2 and segmenter.predictor.config.flips == 1
     with pytest.raises(ValueError, match="predict.flow_threshold must be a finite number >= 0"):
         attach_scorer(generic, tmp_path / "scorer.pt", 0.5, tmp_path / "bad.pt", predict={"flow_threshold": -0.1})
@@ -544,3 +576,13 @@ def test_train_scorer_refuses_a_bad_context_window(tmp_path, capsys):
     for given in (["--context-window", "0.5"], ["--context-window", "3", "--embedding", "patch"]):
         assert main(["train-scorer", "--data", str(bench), "--out", str(tmp_path / "s.pt"), *given]) == 2
         assert "--context-window must be 0 (none) or a finite number >= 1" in capsys.readouterr().err
+
+
+def test_train_scorer_refuses_an_expand_outside_0_1(tmp_path, capsys):
+    from percs.cli import main
+
+    bench = make_benchmark(tmp_path)
+    for value in ("-0.5", "1.5", "nan"):
+        assert main(["train-scorer", "--data", str(bench), "--out", str(tmp_path / "s.pt"), "--expand", value]) == 2
+        assert "--expand must be a number in [0, 1]" in capsys.readouterr().err
+    assert not (tmp_path / "s.pt").exists()

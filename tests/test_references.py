@@ -91,6 +91,42 @@ def test_a_margin_keeps_the_cells_near_the_images_best_match(margin):
             instance.margin = bad
 
 
+@pytest.mark.parametrize("expand", [0.25, 0.5, 1.0])
+def test_expand_averages_in_the_images_best_match_as_a_second_reference(expand):
+    vectors, cells, descriptors, references, as_ref, instance = _random_candidates(2, 20, 3, threshold=0.3)
+    best = _logit_oracle(vectors, references[:2]).max(1)
+    match = _logit_oracle(vectors, [vectors[int(best.argmax())]])[:, 0]  # every cell against the best match
+    score = (1 - expand) * best + expand * match
+    rejected = _logit_oracle(vectors, references[2:]).max(1) > best
+    cut = float(np.sort(score)[-6:-4].mean())                               # between the 5th and 6th best scores
+    instance.threshold, instance.expand = 1 / (1 + np.exp(-cut)), expand
+    probability, keep = instance.decide(cells, descriptors, as_ref[:2], as_ref[2:])
+    expected = 1 / (1 + np.exp(-score))
+    np.testing.assert_allclose(probability.numpy(), np.where(rejected, 0.0, expected), rtol=1e-4)
+    np.testing.assert_array_equal(keep.numpy(), (score >= cut) & ~rejected)
+    assert 0 < keep.sum() < (~rejected).sum()                               # the threshold cuts this image
+    order = np.argsort(-best)                                               # a negative on the best match itself:
+    negative = [(cells[int(order[0])], torch.zeros(3))]                     # the next eligible cell leads instead
+    probability, _ = instance.decide(cells, descriptors, as_ref[:2], negative)
+    rejected = _logit_oracle(vectors, [vectors[int(order[0])]])[:, 0] > best
+    lead = next(int(i) for i in order if not rejected[i])
+    second = (1 - expand) * best + expand * _logit_oracle(vectors, [vectors[lead]])[:, 0]
+    np.testing.assert_allclose(probability.numpy(), np.where(rejected, 0.0, 1 / (1 + np.exp(-second))), rtol=1e-4)
+    assert rejected[int(order[0])] and lead != int(order[0])
+    instance.margin = 0.0                                                   # the margin applies to the same score
+    np.testing.assert_array_equal(instance.decide(cells, descriptors, as_ref[:2])[1].numpy(),
+                                  score == score.max())
+    instance.margin, instance.expand = None, 0.0                            # back to the references alone
+    assert torch.equal(instance.decide(cells, descriptors, as_ref[:1])[0],
+                       instance.probabilities(cells, descriptors, as_ref[0]))
+    instance.expand = expand
+    empty, kept = instance.decide(cells[:0], descriptors[:0], as_ref[:2])
+    assert empty.shape == kept.shape == (0,)
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match=r"expand must be a number in \[0, 1\]"):
+            instance.expand = bad
+
+
 def test_one_reference_as_a_list_is_the_single_reference_result(segmenters):
     segmenter, _ = segmenters
     image, red, _ = _disk_images()
@@ -214,15 +250,24 @@ def test_percs_predict_takes_several_references_and_negatives(segmenters, tmp_pa
         assert (tmp_path / "m" / "image_labels.tif").is_file()
     finally:
         segmenter.instance.margin = None   # the module's segmenter, given back as it was
+    try:
+        assert main(base + ["--out", str(tmp_path / "x"), "--reference-label", "1", "--expand", "0.5"]) == 0
+        assert segmenter.instance.expand == 0.5
+    finally:
+        segmenter.instance.expand = 0.0
     capsys.readouterr()
     assert main(base + ["--out", str(tmp_path / "n"), "--reference-label", "1", "--decision-margin", "-1"]) == 2
     assert "--decision-margin must be a finite number >= 0" in capsys.readouterr().err
+    assert main(base + ["--out", str(tmp_path / "n"), "--reference-label", "1", "--expand", "2"]) == 2
+    assert "--expand must be a number in [0, 1]" in capsys.readouterr().err
     monkeypatch.setattr(Segmenter, "from_checkpoint", classmethod(lambda cls, *a, **k: plain))
     capsys.readouterr()
     assert main(base + ["--out", str(tmp_path / "d"), "--reference-label", "1", "--reference-label", "2"]) == 2
     assert "instance-level decision" in capsys.readouterr().err
     assert main(base + ["--out", str(tmp_path / "e"), "--reference-label", "1", "--decision-margin", "1"]) == 2
     assert "--decision-margin needs a model with an instance-level decision" in capsys.readouterr().err
+    assert main(base + ["--out", str(tmp_path / "e"), "--reference-label", "1", "--expand", "0.5"]) == 2
+    assert "--expand needs a model with an instance-level decision" in capsys.readouterr().err
 
 
 def test_the_instance_scorer_embeds_at_the_segmenters_precision(segmenters, monkeypatch):

@@ -28,12 +28,12 @@ class InstanceDecision:
     `segment(image, reference_image, reference_mask)` -> (H, W) int32 (see the module docstring)."""
 
     def __init__(self, source, scorer, threshold: float = 0.5, layers=LAYERS, embedding: str = "window",
-                 window_size: int = 56, context: float = 2.0, context_window: float = 0.0):
+                 window_size: int = 56, context: float = 2.0, context_window: float = 0.0, expand: float = 0.0):
         config = source.predictor.config
         self.source = source
         self.instance = InstanceScorer(source.predictor.model.backbone, scorer, layers, embedding, threshold,
                                        config.reference_window, config.stride, config.batch_size, window_size,
-                                       context, config.precision, context_window)
+                                       context, config.precision, context_window, expand)
         self.cells = ImageCache(self._cells)
         self.settings: dict = {}
         self.tuning = ""
@@ -52,7 +52,8 @@ class InstanceDecision:
 
     @property
     def name(self) -> str:
-        return f"PerCS-DINO instance decision ({self.source.name} masks + learned cell scorer, " \
+        expand = f", the image's best match weighted {self.instance.expand:g}" if self.instance.expand else ""
+        return f"PerCS-DINO instance decision ({self.source.name} masks + learned cell scorer{expand}, " \
                f"threshold {self.threshold:g}{self.tuning})"
 
     def _cells(self, image: np.ndarray, scale: float):
@@ -62,12 +63,13 @@ class InstanceDecision:
         return labels, cells.cpu().numpy(), vectors, descriptors
 
     def probabilities(self, image, reference_image, reference_mask) -> Candidates:
-        """The query's generic masks (at the scale the reference sets) and each one's same-type probability."""
+        """The query's generic masks (at the scale the reference sets) and each one's same-type probability
+        (`InstanceScorer.decide`'s: with the image's best match averaged in when `expand` is set)."""
         labels, cells, vectors, descriptors = self.cells(image, self.source.scale_of(reference_mask))
         if len(cells) == 0:
             return Candidates(labels, cells, np.zeros(0, np.float32))
         reference = self._reference(reference_image, reference_mask)
-        probability = self.instance.probabilities(vectors, descriptors, reference)
+        probability, _ = self.instance.decide(vectors, descriptors, [reference])
         return Candidates(labels, cells, probability.cpu().numpy())
 
     def segment(self, image: np.ndarray, reference_image: np.ndarray, reference_mask: np.ndarray) -> np.ndarray:
@@ -118,13 +120,16 @@ def build_instance(args: argparse.Namespace, dataset=None) -> InstanceDecision:
         raise ValueError(f"--scorer {args.scorer} was trained on other backbone weights than "
                          f"--generic-checkpoint {args.generic_checkpoint}'s (fingerprints differ)")
     settings = record["settings"]
+    expand = getattr(args, "scorer_expand", 0.0)
+    if not 0.0 <= expand <= 1.0:
+        raise ValueError(f"--scorer-expand must be a number in [0, 1], got {expand!r}")
     method = InstanceDecision(source, scorer, args.scorer_threshold or 0.0, record["layers"],
                               settings.get("embedding", "patch"), settings.get("window_size", 56),
-                              settings.get("context", 2.0), settings.get("context_window", 0.0))
+                              settings.get("context", 2.0), settings.get("context_window", 0.0), expand)
     method.settings = {"masks": source.name, "generic_checkpoint": args.generic_checkpoint, "scorer": args.scorer,
                        "scorer_trained_on": record["trained_on"], "layers": record["layers"],
                        "embedding": method.instance.embedding, "device": str(device),
-                       "predict": dataclasses.asdict(source.predictor.config)}
+                       "predict": dataclasses.asdict(source.predictor.config), "expand": expand}
     if args.scorer_threshold is None:
         scores = method.tune(dataset, "val", args.scorer_val_queries)
         method.settings.update(val_queries=args.scorer_val_queries or "all", val_mean_ap50_by_threshold=scores)
@@ -133,15 +138,16 @@ def build_instance(args: argparse.Namespace, dataset=None) -> InstanceDecision:
 
 
 def tune_threshold(generic_checkpoint, scorer, dataset_path, max_queries: int = 0,
-                   device: str = "auto", backbone_weights=None, predict: dict | None = None
+                   device: str = "auto", backbone_weights=None, predict: dict | None = None, expand: float = 0.0
                    ) -> tuple[float, float]:
     """(threshold, its mean AP@0.5): the scorer's threshold chosen on the val split of `dataset_path` as
     `percs eval --method percs-instance` chooses it. backbone_weights: for a head-only generic model file;
-    predict: the generic model's predict settings that replace its checkpoint's (flow_threshold, flips)."""
+    predict: the generic model's predict settings that replace its checkpoint's (flow_threshold, flips);
+    expand: the decision's weight of the image's best match (`InstanceScorer.decide`)."""
     from percs.data.format import load_dataset
 
     args = argparse.Namespace(generic_checkpoint=str(generic_checkpoint), scorer=str(scorer), scorer_threshold=None,
                               scorer_val_queries=max_queries, device=device, backbone_weights=backbone_weights,
-                              **(predict or {}))
+                              scorer_expand=expand, **(predict or {}))
     method = build_instance(args, load_dataset(dataset_path))
     return method.threshold, method.settings["val_mean_ap50_by_threshold"][method.threshold]

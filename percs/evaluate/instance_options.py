@@ -19,6 +19,9 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--scorer-threshold", type=float,
                        help="keep cells whose same-type probability is >= this (default: chosen on the val split; "
                             "-1 keeps every cell)")
+    group.add_argument("--scorer-expand", type=float, default=0.0, metavar="A",
+                       help="weight in [0, 1] of the image's best match as a second reference, averaged into each "
+                            "cell's logit (default 0: the reference alone; docs/type_decision.md)")
     group.add_argument("--scorer-val-queries", type=int, default=0, metavar="N",
                        help="choose the threshold on the first N val queries (default 0: all)")
 

@@ -44,6 +44,10 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--decision-margin", type=float, metavar="D",
                        help="with an instance-level model: keep the cells whose logit is within D of the image's "
                             "best cell's, instead of those over the model's threshold (docs/type_decision.md)")
+    group.add_argument("--expand", type=float, metavar="A",
+                       help="with an instance-level model: the weight in [0, 1] of the image's best match as a second "
+                            "reference (0: the reference alone; default: the model's, 0.5 for the shipped one, "
+                            "whose threshold was chosen with it; docs/type_decision.md)")
     for option, (_, kind, text) in PREDICTOR_OPTIONS.items():
         choices = {"--precision": PRECISION_CHOICES, "--flips": (1, 2, 4)}.get(option)
         group.add_argument(option, type=kind, choices=choices, default=None, help=f"{text} (default: the checkpoint's)")
@@ -129,17 +133,26 @@ def build_percs_method(args: argparse.Namespace, dataset) -> PercsMethod:
     segmenter = Segmenter(model, predictor_config, args.min_cell_probability or None)
     instance = getattr(model, "instance", None)
     margin = getattr(args, "decision_margin", None)
-    if margin is not None and instance is None:
-        raise ValueError("--decision-margin needs a model with an instance-level decision (this one decides pixel "
-                         "by pixel)")
+    expand = getattr(args, "expand", None)
+    for option, value in (("--decision-margin", margin), ("--expand", expand)):
+        if value is not None and instance is None:
+            raise ValueError(f"{option} needs a model with an instance-level decision (this one decides pixel by "
+                             "pixel)")
     if instance is not None:
         try:
             instance.margin = margin
         except ValueError as error:
             raise ValueError(f"--decision-margin: {error}") from None
+        if expand is not None:
+            try:
+                instance.expand = expand
+            except ValueError as error:
+                raise ValueError(f"--expand: {error}") from None
         settings["instance"] = {"layers": list(instance.layers), "embedding": instance.embedding,
-                                "threshold": instance.threshold, "margin": margin}
+                                "threshold": instance.threshold, "margin": margin, "expand": instance.expand}
         name = method_name(config.model, False).replace("PerCS-DINO (", "PerCS-DINO instance decision (", 1)
         rule = f"threshold {instance.threshold:g}" if margin is None else f"margin {margin:g} from the best cell"
+        if instance.expand:
+            rule += f", the image's best match weighted {instance.expand:g}"
         return PercsMethod(segmenter, f"{name[:-1]}; learned cell scorer, {rule})", settings)
     return PercsMethod(segmenter, method_name(config.model, model.generic), settings)

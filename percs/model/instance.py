@@ -298,18 +298,21 @@ class InstanceScorer:
     default) embeds each cell in its one window; a side >= 1 (over the cell's diameter) also embeds it in a
     second, wider window of the same pixels through the frozen backbone (its neighbourhood: tissue, neighbours,
     background), whose pooled vectors follow the first window's on the layer axis: vectors (N, 2L, C).
+    expand: A in [0, 1], the weight of the image's best match as a second reference (`decide`); 0 (the
+    default) decides on the references alone.
     """
 
     def __init__(self, backbone, scorer: CellScorer | None, layers=LAYERS, embedding: str = "window",
                  threshold: float = 0.5, window: int = 224, stride: int = 168, batch_size: int = 8,
                  window_size: int = 56, context: float = 2.0, precision: str = "float32",
-                 context_window: float = 0.0):
+                 context_window: float = 0.0, expand: float = 0.0):
         if embedding not in ("window", "patch"):
             raise ValueError(f"embedding must be 'window' or 'patch', got {embedding!r}")
         check_context_window(context_window, embedding)
         self.context_window = float(context_window)
         self.precision = check_precision(precision)
         self._margin: float | None = None
+        self.expand = expand
         self.window_size, self.context = window_size, context
         self.backbone, self.scorer, self.layers, self.embedding = backbone, scorer, tuple(layers), embedding
         self.threshold, self.window, self.stride, self.batch_size = float(threshold), window, stride, batch_size
@@ -331,6 +334,16 @@ class InstanceScorer:
         if value is not None and not (value >= 0 and value != float("inf")):
             raise ValueError(f"margin must be None or a finite number >= 0, got {value!r}")
         self._margin = None if value is None else float(value)
+
+    @property
+    def expand(self) -> float:
+        return self._expand
+
+    @expand.setter
+    def expand(self, value: float) -> None:
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"expand must be a number in [0, 1], got {value!r}")
+        self._expand = float(value)
 
     @torch.no_grad()
     def reference(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -400,14 +413,44 @@ class InstanceScorer:
         percs-mini, margin 0.5 chosen on val: test AP@0.5 0.184 -> 0.234; docs/type_decision.md). It always
         keeps at least one cell, and block by block (`percs.predict.blockwise`) it keeps one in every block.
 
-        One positive and no negative is exactly `probabilities` (the single-reference decision)."""
+        With `expand` A > 0, the image's best match (the found cell with the largest logit over the positives)
+        becomes a second reference, averaged in: each cell's logit is (1 - A) x its best positive logit + A x its
+        logit against that cell (never one a negative rejects), and the threshold or the margin applies to it. A
+        cell of the reference's type in this image resembles the image's clearest one more than a cell from
+        another image, whose staining and scale differ (on percs-mini, A = 0.5 with its threshold chosen on val:
+        test AP@0.5 0.272 -> 0.319; docs/type_decision.md). Block by block (`percs.predict.blockwise`) the best
+        match is each block's.
+
+        One positive, no negative and expand 0 is exactly `probabilities` (the single-reference decision)."""
         positive = self.logits(vectors, descriptors, positives).max(1).values
-        probability = torch.sigmoid(positive)
-        if self.margin is None or len(positive) == 0:
+        rejected = self.logits(vectors, descriptors, negatives).max(1).values > positive if negatives else None
+        score = self.expanded(vectors, descriptors, positive, None if rejected is None else ~rejected)
+        probability = torch.sigmoid(score)
+        if self.margin is None or len(score) == 0:
             keep = probability >= self.threshold
         else:
-            keep = positive >= positive.max() - self.margin
-        if negatives:
-            rejected = self.logits(vectors, descriptors, negatives).max(1).values > positive
+            keep = score >= score.max() - self.margin
+        if rejected is not None:
             probability, keep = probability.masked_fill(rejected, 0.0), keep & ~rejected
         return probability, keep
+
+    @torch.no_grad()
+    def expanded(self, vectors: torch.Tensor, descriptors: torch.Tensor, positive: torch.Tensor,
+                 eligible: torch.Tensor | None = None) -> torch.Tensor:
+        """(N,) the cells' logits with the image's best match averaged in as a second reference (`decide`):
+        (1 - expand) x positive + expand x `best_match`; positive unchanged when expand is 0 or no cell is
+        eligible."""
+        match = self.best_match(vectors, descriptors, positive, eligible) if self.expand else None
+        return positive if match is None else (1.0 - self.expand) * positive + self.expand * match
+
+    @torch.no_grad()
+    def best_match(self, vectors: torch.Tensor, descriptors: torch.Tensor, positive: torch.Tensor,
+                   eligible: torch.Tensor | None = None) -> torch.Tensor | None:
+        """(N,) each cell's logit against the image's best match: the cell with the largest `positive` among the
+        eligible ones ((N,) bool; None: all; `decide` leaves out the cells a negative reference rejects); None
+        when no cell is eligible."""
+        candidates = positive if eligible is None else positive.masked_fill(~eligible, float("-inf"))
+        if not bool(torch.isfinite(candidates).any()):
+            return None
+        best = int(candidates.argmax())
+        return self.scorer(vectors, vectors[best], descriptors, descriptors[best])

@@ -41,6 +41,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 raise ValueError("--decision-margin needs whole images: not with large images segmented block by "
                                  "block (it would keep cells in every block)")
             segmenter.instance.margin = args.decision_margin
+        if args.expand is not None:
+            if segmenter.instance is None:
+                raise ValueError("--expand needs a model with an instance-level decision (the default model has one)")
+            segmenter.instance.expand = args.expand
     except (CheckpointError, ValueError, OSError) as error:
         _print_errors([str(error)])
         return 2
@@ -124,6 +128,8 @@ def _checked_inputs(args: argparse.Namespace):
         raise _InputError([f"--min-cell-probability must be in [0, 1], got {args.min_cell_probability}"])
     if args.decision_margin is not None and not 0 <= args.decision_margin < float("inf"):
         raise _InputError([f"--decision-margin must be a finite number >= 0, got {args.decision_margin}"])
+    if args.expand is not None and not 0 <= args.expand <= 1:
+        raise _InputError([f"--expand must be a number in [0, 1], got {args.expand}"])
     try:
         if args.flow_threshold is not None:
             check_flow_threshold(args.flow_threshold, "--flow-threshold")
@@ -268,6 +274,10 @@ def add_predict_command(sub) -> None:
                    help="with an instance-level model (the shipped one): keep the cells whose same-type logit is "
                         "within D of the image's best cell's, instead of those over the model's threshold (whole "
                         "images only; docs/type_decision.md)")
+    p.add_argument("--expand", type=float, metavar="A",
+                   help="with an instance-level model: the weight in [0, 1] of the image's best match as a second "
+                        "reference (0: the reference alone; default: the model's, 0.5 for the shipped one, whose "
+                        "threshold was chosen with it; docs/type_decision.md)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     p.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default=None,  # percs.model.precision
                    help="the network's arithmetic: auto (bfloat16 on a CPU with AMX or AVX512-BF16, else float32), "

@@ -74,6 +74,9 @@ def cmd_train_scorer(args: argparse.Namespace) -> int:
         print(f"percs train-scorer: error: --context-window must be 0 (none) or a finite number >= 1, with "
               f"--embedding window (got {args.context_window:g}, {args.embedding})", file=sys.stderr)
         return 2
+    if not 0 <= args.expand <= 1:
+        print(f"percs train-scorer: error: --expand must be a number in [0, 1], got {args.expand:g}", file=sys.stderr)
+        return 2
     if args.generic_checkpoint and not Path(args.generic_checkpoint).is_file():
         print(f"percs train-scorer: error: --generic-checkpoint {args.generic_checkpoint} does not exist",
               file=sys.stderr)
@@ -98,10 +101,10 @@ def cmd_train_scorer(args: argparse.Namespace) -> int:
             if threshold is None:
                 threshold, ap = tune_threshold(args.generic_checkpoint, args.out, args.data, args.val_queries,
                                                backbone_weights=args.backbone_weights,
-                                               predict=predict)
+                                               predict=predict, expand=args.expand)
                 print(f"threshold {threshold:g} chosen on val (mean AP@0.5 {ap:.3f})")
             attach_scorer(args.generic_checkpoint, args.out, threshold, args.model_out, args.backbone_weights,
-                          predict)
+                          predict, args.expand)
             print(f"wrote {args.model_out}: {args.generic_checkpoint} with the scorer attached (percs predict, "
                   "percs eval --method percs and Segmenter load it)")
     except (ValueError, OSError) as error:
@@ -177,6 +180,10 @@ def add_train_scorer_command(sub) -> None:
     p.add_argument("--model-out", metavar="FILE", help="where to write the model with the scorer attached")
     p.add_argument("--threshold", type=float,
                    help="the attached scorer's probability threshold (default: chosen on --data's val split)")
+    p.add_argument("--expand", type=float, default=0.0, metavar="A",
+                   help="the attached model's weight in [0, 1] of the image's best match as a second reference, "
+                        "also while the threshold is chosen on val (default 0: the reference alone; 0.5 for the "
+                        "shipped model)")
     p.add_argument("--val-queries", type=int, default=0, metavar="N",
                    help="choose the threshold on the first N val queries (default 0: all)")
     p.add_argument("--flow-threshold", type=float, metavar="F",

@@ -367,20 +367,25 @@ def train_scorer(dataset_path, backbone_weights, out, settings: ScorerTraining =
                        backbone_fingerprint(backbone))
 
 
-def instance_record(scorer_path: str | Path, threshold: float) -> dict:
+def instance_record(scorer_path: str | Path, threshold: float, expand: float = 0.0) -> dict:
     """The `instance` section a checkpoint carries for the instance-level decision: the scorer file's record
-    (weights, shape, layers, embedding, what it was trained on) and the probability threshold."""
+    (weights, shape, layers, embedding, what it was trained on), the probability threshold and the weight of the
+    image's best match (`InstanceScorer.expand`; 0: the reference alone)."""
     _, record = load_scorer(scorer_path)
     if not -1.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be in [-1, 1], got {threshold!r}")
-    return dict(record, threshold=float(threshold))
+    if not 0.0 <= expand <= 1.0:
+        raise ValueError(f"expand must be in [0, 1], got {expand!r}")
+    return dict(record, threshold=float(threshold), expand=float(expand))
 
 
 def attach_scorer(generic_checkpoint: str | Path, scorer_path: str | Path, threshold: float, out: str | Path,
-                  backbone_weights: str | Path | None = None, predict: dict | None = None) -> None:
+                  backbone_weights: str | Path | None = None, predict: dict | None = None,
+                  expand: float = 0.0) -> None:
     """Writes `out`: the generic percs checkpoint with the scorer attached (`instance_record`), one file that
     `percs predict`, `percs eval --method percs` and `Segmenter.from_checkpoint` load as a model that finds
-    every cell and keeps those the scorer gives a probability >= threshold; predict: settings of the model's
+    every cell and keeps those the scorer gives a probability >= threshold (with the image's best match weighted
+    expand, `InstanceScorer.decide`); predict: settings of the model's
     predict section that replace the generic checkpoint's (flow_threshold, flips, ...). The scorer must have been
     trained on the checkpoint's frozen backbone (fingerprints compared); the checkpoint must be generic. A head-only
     model file (`percs export-model`, the shipped model) may take the place of the checkpoint, its backbone
@@ -394,7 +399,7 @@ def attach_scorer(generic_checkpoint: str | Path, scorer_path: str | Path, thres
     if not model.generic:
         raise ValueError(f"{generic_checkpoint} is not a generic model (model.head.generic=false): the instance "
                          "decision scores the cells a generic model finds")
-    record = instance_record(scorer_path, threshold)
+    record = instance_record(scorer_path, threshold, expand)
     expected = record.get("backbone_fingerprint")
     if expected is not None and expected != backbone_fingerprint(model.backbone):
         raise ValueError(f"scorer {scorer_path} was trained on other backbone weights than {generic_checkpoint}'s")
