@@ -272,7 +272,7 @@ def test_percs_instance_method_scores_the_generic_masks(tmp_path):
     found = expanded.probabilities(image, image, red == 1)
     assert len(found.cells) == int(disks.max()) > 1
     np.testing.assert_allclose(found.similarity, torch.sigmoid(0.5 * alone + 0.5 * match).numpy(), rtol=1e-5)
-    with pytest.raises(ValueError, match=r"--scorer-expand must be a number in \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"--scorer-expand: expand must be a number in \[0, 1\]"):
         build_instance(_instance_args(generic_checkpoint=str(checkpoint), scorer=str(path), scorer_threshold=0.5,
                                       scorer_expand=2.0))
     save_scorer(path, scorer.eval(), settings, "vits14", {"dataset": "tiny"}, 0.0, "another backbone")
@@ -390,7 +390,7 @@ def test_a_generic_checkpoint_with_a_scorer_attached_is_one_model_for_segmenter_
         build_percs_method(argparse.Namespace(**{**vars(args), "expand": 1.5}), None)
     with pytest.raises(ValueError, match="--expand needs a model with an instance-level decision"):
         build_percs_method(argparse.Namespace(**{**vars(args), "checkpoint": str(generic), "expand": 0.5}), None)
-    with pytest.raises(ValueError, match=r"expand must be in \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"expand must be a number in \[0, 1\]"):
         attach_scorer(generic, tmp_path / "scorer.pt", 0.5, tmp_path / "bad.pt", expand=-0.5)
     assert load_model(tmp_path / "loose.pt", "cpu")[1].predict.flips == 2 and segmenter.predictor.config.flips == 1
     with pytest.raises(ValueError, match="predict.flow_threshold must be a finite number >= 0"):

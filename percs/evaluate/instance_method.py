@@ -19,7 +19,7 @@ import torch
 from percs.baselines.common import ImageCache
 from percs.baselines.filter import Candidates, keep_similar, tune_on_split
 from percs.evaluate.methods import MethodUnavailable
-from percs.model.instance import LAYERS, InstanceScorer
+from percs.model.instance import LAYERS, InstanceScorer, check_expand
 from percs.predict import as_input_image
 
 
@@ -120,9 +120,10 @@ def build_instance(args: argparse.Namespace, dataset=None) -> InstanceDecision:
         raise ValueError(f"--scorer {args.scorer} was trained on other backbone weights than "
                          f"--generic-checkpoint {args.generic_checkpoint}'s (fingerprints differ)")
     settings = record["settings"]
-    expand = getattr(args, "scorer_expand", 0.0)
-    if not 0.0 <= expand <= 1.0:
-        raise ValueError(f"--scorer-expand must be a number in [0, 1], got {expand!r}")
+    try:
+        expand = check_expand(getattr(args, "scorer_expand", 0.0))
+    except ValueError as error:
+        raise ValueError(f"--scorer-expand: {error}") from None
     method = InstanceDecision(source, scorer, args.scorer_threshold or 0.0, record["layers"],
                               settings.get("embedding", "patch"), settings.get("window_size", 56),
                               settings.get("context", 2.0), settings.get("context_window", 0.0), expand)

@@ -283,6 +283,13 @@ def check_context_window(context_window: float, embedding: str = "window") -> No
         raise ValueError(f"context_window needs the window embedding, got embedding {embedding!r}")
 
 
+def check_expand(expand: float) -> float:
+    """expand as a float; ValueError unless it is a number in [0, 1] (`InstanceScorer.expand`)."""
+    if not 0.0 <= expand <= 1.0:
+        raise ValueError(f"expand must be a number in [0, 1], got {expand!r}")
+    return float(expand)
+
+
 class InstanceScorer:
     """The instance-level decision on a backbone: a reference cell's vectors, every found cell's vectors, and
     each cell's same-type probability from a CellScorer (see the module docstring).
@@ -341,9 +348,7 @@ class InstanceScorer:
 
     @expand.setter
     def expand(self, value: float) -> None:
-        if not 0.0 <= value <= 1.0:
-            raise ValueError(f"expand must be a number in [0, 1], got {value!r}")
-        self._expand = float(value)
+        self._expand = check_expand(value)
 
     @torch.no_grad()
     def reference(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

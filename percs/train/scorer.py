@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from percs.model.instance import (DESCRIPTORS, LAYERS, CellScorer, InstanceScorer, cell_descriptors, cell_windows,
-                                  check_context_window, tail_vectors, window_vectors)
+                                  check_context_window, check_expand, tail_vectors, window_vectors)
 from percs.model.precision import inference_precision
 
 SCORER_KIND = "percs-cell-scorer"
@@ -374,9 +374,7 @@ def instance_record(scorer_path: str | Path, threshold: float, expand: float = 0
     _, record = load_scorer(scorer_path)
     if not -1.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be in [-1, 1], got {threshold!r}")
-    if not 0.0 <= expand <= 1.0:
-        raise ValueError(f"expand must be in [0, 1], got {expand!r}")
-    return dict(record, threshold=float(threshold), expand=float(expand))
+    return dict(record, threshold=float(threshold), expand=check_expand(expand))
 
 
 def attach_scorer(generic_checkpoint: str | Path, scorer_path: str | Path, threshold: float, out: str | Path,
