@@ -11,15 +11,26 @@ regression on every block's pooled vectors and the descriptors, standardised) le
 split's true cells, and each later split whose target types it knows reports the per-query AUC of the probe's
 probability of the *true* target type (how well the features rank the type within an image when the type is
 known) and of the probe's type posterior of each cell dotted with the reference cell's (the type read from the
-one reference), with the reference's type accuracy (`probe_reference_accuracy`).
+one reference), with the reference's type accuracy (`probe_reference_accuracy`). --probe-split SPLIT fits it on
+every true cell of SPLIT's images instead (train too, which has no queries).
+
+--probe-decision GENERIC_CHECKPOINT takes the probe end to end: every cell the generic model finds in each query
+image (at the scale the reference sets, as `percs eval` segments it), embedded as the evaluated cells are, is kept
+when its probability of the reference's type (its type posterior dotted with the reference's) is at least a
+threshold chosen on the first evaluated split (`percs.baselines.filter.choose_threshold`, -1 = every cell). Per
+split: mean AP@0.5 at that threshold with a 95% interval (1000 resamplings of queries), of every found cell, of
+the split's own best threshold, and the masks' class-agnostic AP@0.5.
 
     python scripts/cell_cues.py --data /tmp/percs-mini --weights ../shared/weights/dinov2_vits14_pretrain.pth \
         --cache /tmp/cues --scorer /tmp/scorer.pt
+    python scripts/cell_cues.py --data /tmp/percs-consep --weights $W --cache /tmp/cues --embedding window \
+        --context-window 6 --splits val,test --class-probe --probe-split train --probe-decision runs/generic/last.pt
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -146,13 +157,116 @@ def train_probe(queries: list[dict]) -> ClassProbe:
     """The probe fitted on every true cell of the queries' images (each image once)."""
     images = {}
     for q in queries:
-        if "types" not in q:
-            raise SystemExit("--class-probe needs cell types in the cached vectors: delete the cache written by an "
-                             "older version of this script")
         images.setdefault(q["image"], q)
-    chosen = list(images.values())
-    return ClassProbe(np.concatenate([probe_features(q["cells"], q["descriptors"]) for q in chosen]),
-                      np.concatenate([q["types"] for q in chosen]))
+    return fit_probe(list(images.values()))
+
+
+def fit_probe(images: list[dict]) -> ClassProbe:
+    """The probe fitted on the cells of images [{"cells": (N, L, C), "descriptors": (N, D), "types": (N,)}]."""
+    if any("types" not in image for image in images):
+        raise SystemExit("--class-probe needs cell types in the cached vectors: delete the cache written by an "
+                         "older version of this script")
+    return ClassProbe(np.concatenate([probe_features(image["cells"], image["descriptors"]) for image in images]),
+                      np.concatenate([image["types"] for image in images]))
+
+
+@torch.no_grad()
+def split_cells(dataset, split: str, backbone, layers, embedding: str = "patch", size: int = 56,
+                context: float = 2.0, context_window: float = 0.0) -> list[dict]:
+    """Per image of split (queries or not): every true cell's vectors, descriptors and types, embedded as
+    `split_queries` embeds them."""
+    from tqdm import tqdm
+
+    from percs.train.scorer import embed_candidates
+
+    images = dataset.in_split(split)
+    if not images:
+        raise SystemExit(f"--probe-split: dataset {dataset.name!r} has no image in split {split!r}")
+    embedder = InstanceScorer(backbone, None, layers, embedding, window_size=size, context=context,
+                              context_window=context_window)
+    out = []
+    for record in tqdm(images, desc=f"{split} cells", unit="image"):
+        labels = torch.from_numpy(dataset.read_labels(record).astype(np.int64))
+        image = as_input_image(dataset.read_image(record), torch.device("cpu"))
+        cells, vectors, descriptors, _ = embed_candidates(embedder, image, labels)
+        out.append(dict(image=record.name, cells=vectors.half(), descriptors=descriptors,
+                        types=np.array([record.type_of(int(c)) for c in cells])))
+    return out
+
+
+def same_type_probability(probe: ClassProbe, vectors, descriptors, reference, reference_descriptors) -> np.ndarray:
+    """(N,) each cell's probability of having the reference cell's type: its type posterior dotted with the
+    reference's (the two read independently)."""
+    if len(vectors) == 0:
+        return np.zeros(0, np.float32)
+    cells = probe.posteriors(probe_features(vectors, descriptors))
+    return cells @ probe.posteriors(probe_features(reference, reference_descriptors))[0]
+
+
+@torch.no_grad()
+def found_queries(dataset, split: str, checkpoint: str, weights: str, layers, embedding: str, size: int,
+                  context: float, context_window: float, every: int = 1) -> list[dict]:
+    """Per query: the labels of every cell `checkpoint` (a generic percs model) finds in the query image at the
+    reference's scale, their vectors and descriptors, the reference's, the true labels of the target type and
+    the image's true labels."""
+    from tqdm import tqdm
+
+    from percs.baselines.generic import PercsGenericMasks
+    from percs.evaluate.instance_method import InstanceDecision
+    from percs.evaluate.runner import split_queries as queries_of
+    from percs.evaluate.runner import true_labels_of
+
+    source = PercsGenericMasks(checkpoint, "cpu", weights)
+    method = InstanceDecision(source, None, 0.5, layers, embedding, size, context, context_window)
+    out = []
+    for q in tqdm(queries_of(dataset, split)[::every], desc=f"{split} found cells", unit="query"):
+        record, reference = dataset.record(q.image), dataset.record(q.reference_image)
+        labels = dataset.read_labels(record)
+        mask = dataset.read_labels(reference) == q.reference_label
+        found, cells, vectors, descriptors = method.cells(dataset.read_image(record), source.scale_of(mask))
+        ref_image = as_input_image(dataset.read_image(reference), torch.device("cpu"))
+        ref_vectors, ref_descriptors = method.instance.reference(ref_image, torch.from_numpy(mask))
+        out.append(dict(image=q.image, target_type=q.target_type, labels=found, cells=cells,
+                        vectors=vectors.half(), descriptors=descriptors, reference=ref_vectors.half(),
+                        reference_descriptors=ref_descriptors, truth=true_labels_of(dataset, q, labels),
+                        image_labels=labels))
+    return out
+
+
+def mean_interval(values: np.ndarray, draws: int = 1000, seed: int = 0) -> list[float]:
+    """[mean, 2.5th, 97.5th percentile] of the mean over `draws` resamplings of values."""
+    rng = np.random.default_rng(seed)
+    means = [values[rng.integers(0, len(values), len(values))].mean() for _ in range(draws)]
+    return [round(float(values.mean()), 4), round(float(np.percentile(means, 2.5)), 4),
+            round(float(np.percentile(means, 97.5)), 4)]
+
+
+def probe_decision(probe: ClassProbe, splits: dict[str, list[dict]]) -> dict:
+    """The probe's decision on `found_queries` of each split, its threshold chosen on the first split (see the
+    module docstring)."""
+    from percs.baselines.filter import Candidates, choose_threshold, keep_similar
+    from percs.metrics import evaluate
+
+    def ap(query: dict, probability: np.ndarray, threshold: float) -> float:
+        kept = keep_similar(query["labels"], query["cells"], probability, threshold)
+        return float(evaluate([query["truth"]], [kept], 0.5)[0].image_mean.ap)
+
+    report, threshold = {}, None
+    for split, queries in splits.items():
+        probabilities = [same_type_probability(probe, q["vectors"], q["descriptors"], q["reference"],
+                                               q["reference_descriptors"]) for q in queries]
+        candidates = [Candidates(q["labels"], q["cells"], p) for q, p in zip(queries, probabilities)]
+        best, scores = choose_threshold(candidates, [q["truth"] for q in queries])
+        threshold = best if threshold is None else threshold
+        images = {q["image"]: q for q in queries}
+        masks = evaluate([q["image_labels"] for q in images.values()], [q["labels"] for q in images.values()], 0.5)
+        report[split] = dict(
+            threshold=threshold,
+            ap50=mean_interval(np.array([ap(q, p, threshold) for q, p in zip(queries, probabilities)])),
+            every_cell=mean_interval(np.array([ap(q, p, -1.0) for q, p in zip(queries, probabilities)])),
+            own_best=[best, round(scores[best], 4)], class_agnostic_ap50=round(float(masks[0].image_mean.ap), 4),
+            queries=len(queries))
+    return report
 
 
 def probe_aucs(probe: ClassProbe, queries: list[dict]) -> dict[str, list[float]]:
@@ -191,7 +305,13 @@ def main() -> None:
                         help="window embedding: also a second window this many diameters wide (0: none)")
     parser.add_argument("--class-probe", action="store_true",
                         help="fit a linear type probe on the first split's cells and report it on the others")
+    parser.add_argument("--probe-split", help="--class-probe: fit the probe on every true cell of this split's images "
+                                              "instead (train too), and report it on every split of --splits")
+    parser.add_argument("--probe-decision", metavar="GENERIC_CHECKPOINT",
+                        help="--class-probe: the probe's decision end to end on this generic model's masks")
     args = parser.parse_args()
+    if (args.probe_split or args.probe_decision) and not args.class_probe:
+        parser.error("--probe-split and --probe-decision need --class-probe")
     layers = tuple(int(l) for l in args.layers.split(","))
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
@@ -204,26 +324,38 @@ def main() -> None:
         scorer, record = load_scorer(args.scorer)
         if tuple(record["layers"]) != layers:
             parser.error(f"--scorer reads blocks {record['layers']}, --layers is {args.layers}")
-    report, probe = {}, None
-    for index, split in enumerate(args.splits.split(",")):
-        suffix = "" if args.embedding == "patch" else f"_{args.embedding}"
-        if args.embedding == "window" and (args.window_size, args.context) != (56, 2.0):
-            suffix += f"{args.window_size}x{args.context:g}"
-        if args.context_window:
-            suffix += f"_wide{args.context_window:g}"
-        if args.keep_tokens is not None:
-            suffix += f"_tokens{args.keep_tokens}"
-        path = cache / f"{dataset.name}_{split}_every{args.every}_layers{'-'.join(map(str, layers))}{suffix}.pt"
+    suffix = "" if args.embedding == "patch" else f"_{args.embedding}"
+    if args.embedding == "window" and (args.window_size, args.context) != (56, 2.0):
+        suffix += f"{args.window_size}x{args.context:g}"
+    if args.context_window:
+        suffix += f"_wide{args.context_window:g}"
+    embedding = (args.embedding, args.window_size, args.context)
+
+    def cached(name: str, compute):
+        path = cache / f"{dataset.name}_{name}_layers{'-'.join(map(str, layers))}{suffix}.pt"
         if path.exists():
-            queries = torch.load(path, weights_only=False)
-        else:
-            start = time.time()
-            queries = split_queries(dataset, split, backbone, layers, args.every, args.embedding, args.window_size,
-                                    args.context, args.keep_tokens, args.context_window)
-            torch.save(queries, path)
-            print(f"{split}: vectors in {time.time() - start:.0f} s", flush=True)
+            return torch.load(path, weights_only=False)
+        start = time.time()
+        value = compute()
+        torch.save(value, path)
+        print(f"{name}: vectors in {time.time() - start:.0f} s", flush=True)
+        return value
+
+    report, probe, found = {}, None, {}
+    if args.probe_split:
+        probe = fit_probe(cached(f"{args.probe_split}_cells", lambda: split_cells(
+            dataset, args.probe_split, backbone, layers, *embedding, args.context_window)))
+    for index, split in enumerate(args.splits.split(",")):
+        tokens = "" if args.keep_tokens is None else f"_tokens{args.keep_tokens}"
+        queries = cached(f"{split}_every{args.every}{tokens}", lambda: split_queries(
+            dataset, split, backbone, layers, args.every, *embedding, args.keep_tokens, args.context_window))
+        if args.probe_decision:
+            key = hashlib.sha256(str(Path(args.probe_decision).resolve()).encode()).hexdigest()[:8]
+            found[split] = cached(f"{split}_every{args.every}_found{key}", lambda: found_queries(
+                dataset, split, args.probe_decision, args.weights, layers, *embedding, args.context_window,
+                args.every))
         aucs = cue_aucs(queries, layers, scorer, backbone)
-        if args.class_probe and index == 0:
+        if args.class_probe and probe is None:
             probe = train_probe(queries)
         elif probe is not None:
             aucs |= {k: v for k, v in probe_aucs(probe, queries).items() if v}
@@ -233,6 +365,8 @@ def main() -> None:
             report[split]["scorer_pasted"] = round(float(np.nanmean([aucs["scorer"][i] for i in pasted])), 4) \
                 if pasted else None
         report[split]["queries"] = len(queries)
+    if found:
+        report["probe_decision"] = probe_decision(probe, found)
     print(json.dumps(report, indent=1))
 
 

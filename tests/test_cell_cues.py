@@ -64,3 +64,74 @@ def test_the_probe_skips_unknown_types_and_needs_cell_types():
     assert all(values == [] for values in cues.probe_aucs(probe, novel).values())
     with pytest.raises(SystemExit, match="needs cell types"):
         cues.train_probe([{k: v for k, v in q.items() if k != "types"} for q in _queries(rng, 2)])
+
+
+def _image_cells(rng, images: int) -> list[dict]:
+    """Per image: 20 cells of 3 types whose layer-0 vectors sit near a type centre (no queries)."""
+    names = np.array(["a", "b", "c"])
+    out = []
+    for index in range(images):
+        kinds = rng.integers(0, 3, 20)
+        cells = rng.normal(size=(20, 2, 8))
+        cells[:, 0] += CENTRES[kinds]
+        out.append(dict(image=f"train{index}", cells=torch.tensor(cells).half(), descriptors=torch.zeros(20, 3),
+                        types=names[kinds]))
+    return out
+
+
+def test_the_probe_fits_on_the_cells_of_images_without_queries():
+    cues = _script()
+    rng = np.random.default_rng(2)
+    probe = cues.fit_probe(_image_cells(rng, 20))
+    result = cues.probe_aucs(probe, _queries(rng, 10))
+    assert np.mean(result["probe_true_class"]) > 0.98 and np.mean(result["probe_reference_accuracy"]) > 0.95
+    q = _queries(rng, 1)[0]
+    same = cues.same_type_probability(probe, q["cells"], q["descriptors"], q["reference"], q["reference_descriptors"])
+    assert same.shape == (20,) and ((same >= 0) & (same <= 1)).all()
+    assert same[q["target"].numpy()].min() > same[~q["target"].numpy()].max()
+    assert cues.same_type_probability(probe, q["cells"][:0], q["descriptors"][:0], q["reference"],
+                                      q["reference_descriptors"]).shape == (0,)
+    with pytest.raises(SystemExit, match="needs cell types"):
+        cues.fit_probe([{k: v for k, v in image.items() if k != "types"} for image in _image_cells(rng, 2)])
+
+
+def _found(rng, probe_kinds_visible: bool = True) -> dict:
+    """One query: a 40 x 80 image of 8 square found cells (ids 1..8, the generic masks, matching the true cells
+    exactly) of types kinds; the reference and the target are type "a"."""
+    kinds = np.array([0, 1, 2, 0, 1, 0, 2, 1])
+    labels = np.zeros((40, 80), np.int32)
+    for i in range(8):
+        labels[4 + 20 * (i // 4):16 + 20 * (i // 4), 4 + 20 * (i % 4):16 + 20 * (i % 4)] = i + 1
+    cells = rng.normal(size=(8, 2, 8))
+    if probe_kinds_visible:
+        cells[:, 0] += CENTRES[kinds]
+    reference = rng.normal(size=(2, 8))
+    reference[0] += CENTRES[0]
+    truth = np.where(np.isin(labels, np.flatnonzero(kinds == 0) + 1), labels, 0)
+    return dict(image=f"q{rng.integers(1 << 30)}", labels=labels, cells=np.arange(1, 9), image_labels=labels,
+                vectors=torch.tensor(cells).half(), descriptors=torch.zeros(8, 3), truth=truth,
+                reference=torch.tensor(reference).half(), reference_descriptors=torch.zeros(3))
+
+
+def test_the_probe_decision_keeps_the_reference_type_at_the_threshold_chosen_on_the_first_split():
+    cues = _script()
+    rng = np.random.default_rng(3)
+    probe = cues.fit_probe(_image_cells(rng, 20))
+    report = cues.probe_decision(probe, {"val": [_found(rng) for _ in range(4)],
+                                         "test": [_found(rng) for _ in range(3)]})
+    assert report["val"]["threshold"] == report["test"]["threshold"] >= 0
+    assert report["test"]["ap50"][0] == 1.0 and report["test"]["own_best"][1] == 1.0
+    assert report["test"]["every_cell"] == [0.375, 0.375, 0.375]              # 3 of 8 cells are the target type
+    assert report["test"]["class_agnostic_ap50"] == 1.0 and report["test"]["queries"] == 3
+    blind = cues.probe_decision(probe, {"val": [_found(rng, False) for _ in range(4)]})["val"]
+    assert blind["ap50"][0] < 1.0                                             # cells without their type's vector
+
+
+def test_the_cli_refuses_probe_options_without_the_probe(tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "cell_cues.py"), "--data", str(tmp_path),
+                           "--weights", "w.pth", "--cache", str(tmp_path), "--probe-split", "train"],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "need --class-probe" in done.stderr
