@@ -19,7 +19,8 @@ image (at the scale the reference sets, as `percs eval` segments it), embedded a
 when its probability of the reference's type (its type posterior dotted with the reference's) is at least a
 threshold chosen on the first evaluated split (`percs.baselines.filter.choose_threshold`, -1 = every cell). Per
 split: mean AP@0.5 at that threshold with a 95% interval (1000 resamplings of queries), of every found cell, of
-the split's own best threshold, and the masks' class-agnostic AP@0.5.
+the split's own best threshold, and the masks' class-agnostic AP@0.5; and the same decision on the true cells
+(`probe_decision_true_cells`: perfect masks, what the decision alone can reach).
 
     python scripts/cell_cues.py --data /tmp/percs-mini --weights ../shared/weights/dinov2_vits14_pretrain.pth \
         --cache /tmp/cues --scorer /tmp/scorer.pt
@@ -233,6 +234,21 @@ def found_queries(dataset, split: str, checkpoint: str, weights: str, layers, em
     return out
 
 
+def true_cell_queries(dataset, queries: list[dict]) -> list[dict]:
+    """`split_queries` output as `found_queries` gives it, each true cell found exactly (labels 1..N)."""
+    out = []
+    for q in queries:
+        labels = dataset.read_labels(dataset.record(q["image"]))
+        cells = np.unique(labels[labels > 0])
+        if not np.array_equal(cells, np.arange(1, len(q["cells"]) + 1)):
+            raise SystemExit(f"{q['image']}: labels are not 1..N with one cached vector per cell")
+        truth = np.where(np.isin(labels, cells[q["target"].numpy()]), labels, 0)
+        out.append(dict(image=q["image"], labels=labels, cells=cells, vectors=q["cells"],
+                        descriptors=q["descriptors"], reference=q["reference"],
+                        reference_descriptors=q["reference_descriptors"], truth=truth, image_labels=labels))
+    return out
+
+
 def mean_interval(values: np.ndarray, draws: int = 1000, seed: int = 0) -> list[float]:
     """[mean, 2.5th, 97.5th percentile] of the mean over `draws` resamplings of values."""
     rng = np.random.default_rng(seed)
@@ -341,7 +357,7 @@ def main() -> None:
         print(f"{name}: vectors in {time.time() - start:.0f} s", flush=True)
         return value
 
-    report, probe, found = {}, None, {}
+    report, probe, found, true_cells = {}, None, {}, {}
     if args.probe_split:
         probe = fit_probe(cached(f"{args.probe_split}_cells", lambda: split_cells(
             dataset, args.probe_split, backbone, layers, *embedding, args.context_window)))
@@ -354,6 +370,7 @@ def main() -> None:
             found[split] = cached(f"{split}_every{args.every}_found{key}", lambda: found_queries(
                 dataset, split, args.probe_decision, args.weights, layers, *embedding, args.context_window,
                 args.every))
+            true_cells[split] = true_cell_queries(dataset, queries)
         aucs = cue_aucs(queries, layers, scorer, backbone)
         if args.class_probe and probe is None:
             probe = train_probe(queries)
@@ -367,6 +384,7 @@ def main() -> None:
         report[split]["queries"] = len(queries)
     if found:
         report["probe_decision"] = probe_decision(probe, found)
+        report["probe_decision_true_cells"] = probe_decision(probe, true_cells)
     print(json.dumps(report, indent=1))
 
 

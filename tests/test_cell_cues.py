@@ -135,3 +135,26 @@ def test_the_cli_refuses_probe_options_without_the_probe(tmp_path):
                            "--weights", "w.pth", "--cache", str(tmp_path), "--probe-split", "train"],
                           capture_output=True, text=True)
     assert done.returncode == 2 and "need --class-probe" in done.stderr
+
+
+def test_true_cell_queries_find_every_true_cell_exactly(monkeypatch):
+    cues = _script()
+    rng = np.random.default_rng(4)
+    found = _found(rng)
+    query = dict(image="q", cells=found["vectors"], descriptors=found["descriptors"], reference=found["reference"],
+                 reference_descriptors=found["reference_descriptors"],
+                 target=torch.from_numpy(np.isin(np.arange(1, 9), np.unique(found["truth"][found["truth"] > 0]))))
+
+    class Dataset:
+        def record(self, name):
+            return name
+
+        def read_labels(self, record):
+            return found["labels"]
+
+    [made] = cues.true_cell_queries(Dataset(), [query])
+    assert np.array_equal(made["truth"], found["truth"]) and np.array_equal(made["cells"], np.arange(1, 9))
+    probe = cues.fit_probe(_image_cells(rng, 20))
+    assert cues.probe_decision(probe, {"val": [made]})["val"]["ap50"][0] == 1.0
+    with pytest.raises(SystemExit, match="not 1..N"):
+        cues.true_cell_queries(Dataset(), [dict(query, cells=found["vectors"][:5])])
