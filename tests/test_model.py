@@ -119,6 +119,27 @@ def test_the_detail_branch_sees_single_pixels_of_the_query_window():
         tiny_model(detail_channels=3).decode_features(features, embedding)
 
 
+def test_detail_dilations_widen_what_the_detail_branch_sees():
+    """A changed pixel at (20, 20) reaches column 35 (another token, beyond the final 3 x 3) only through a
+    dilated detail branch: radius 1 + 2 + 4 + 8 = 15 px, against 2 px for the default two convolutions."""
+    images = torch.randn(1, 3, 42, 56)
+    changed = images.clone()
+    changed[0, :, 20, 20] += 5.0
+    embedding = torch.randn(1, 32)
+    for dilations, expected in (((1, 2, 4, 8), True), ((1, 1), False)):
+        model = tiny_model(detail_channels=3, detail_dilations=dilations).eval()
+        with torch.no_grad():
+            features = model.backbone(images).features
+            a = model.decode_features(features, embedding, images).flows
+            b = model.decode_features(features, embedding, changed).flows
+        assert bool((a - b)[..., 18:23, 35].abs().amax() > 1e-6) is expected, dilations
+    default = tiny_model(detail_channels=3)          # the default's parameters keep their names (old checkpoints)
+    assert [k for k in default.state_dict() if ".detail." in k] == [
+        "decoder.detail.0.weight", "decoder.detail.0.bias", "decoder.detail.2.weight", "decoder.detail.2.bias"]
+    assert len([k for k in tiny_model(detail_channels=3, detail_dilations=(1, 2, 4, 8)).state_dict()
+                if ".detail." in k and k.endswith("weight")]) == 4
+
+
 def test_similarity_scale_multiplies_the_similarity_input():
     """Scale k on the similarity equals scale 1 with the projection's similarity column multiplied by k."""
     features, embedding = torch.randn(2, 32, 3, 4), torch.randn(2, 32)
@@ -190,6 +211,9 @@ def test_config_errors_name_the_key():
         HeadConfig(depth=0)
     with pytest.raises(ValueError, match="head.detail_channels"):
         HeadConfig(detail_channels=-1)
+    for dilations in ((), (0,), (1, 2.0), "12", (True,)):
+        with pytest.raises(ValueError, match="head.detail_dilations"):
+            HeadConfig(detail_dilations=dilations)
     with pytest.raises(ValueError, match="strides"):
         PerCSDino(tiny_model().backbone, HeadConfig(decoder_strides=(2, 2)))
     with pytest.raises(ValueError, match="vitx14"):

@@ -38,11 +38,14 @@ class FlowDecoder(nn.Module):
     final convolution. The paper names the cost of its 14-pixel tokens itself (masks "lack refinement", AP
     drops from IoU 0.3 to 0.5); the branch gives the output layer the pixel edges the tokens cannot carry,
     which matters for cells smaller than a patch. It sees only the query window, never the reference.
+    detail_dilations: the dilation of each of the branch's 3 x 3 convolutions, one per convolution (default two
+    of dilation 1, receptive field 5 px); (1, 2, 4, 8) sees 31 px, a whole small nucleus and its neighbours' edges.
     """
 
     def __init__(self, dim: int = 256, channels: tuple[int, ...] = (128, 64), strides: tuple[int, ...] = (2, 7),
-                 detail_channels: int = 0):
+                 detail_channels: int = 0, detail_dilations: tuple[int, ...] = (1, 1)):
         super().__init__()
+        check_dilations(detail_dilations)
         if len(channels) != len(strides) or not channels:
             raise ValueError(f"channels {channels} and strides {strides} must be non-empty and of equal length")
         if math.prod(strides) != PATCH_SIZE:
@@ -57,8 +60,11 @@ class FlowDecoder(nn.Module):
         self.layers = nn.Sequential(*layers)
         self.detail = None
         if detail_channels:
-            self.detail = nn.Sequential(nn.Conv2d(3, detail_channels, 3, padding=1), LayoutGELU(),
-                                        nn.Conv2d(detail_channels, detail_channels, 3, padding=1), LayoutGELU())
+            detail: list[nn.Module] = []
+            for index, dilation in enumerate(detail_dilations):
+                detail += [nn.Conv2d(3 if index == 0 else detail_channels, detail_channels, 3, padding=dilation,
+                                     dilation=dilation), LayoutGELU()]
+            self.detail = nn.Sequential(*detail)
         self.output = nn.Conv2d(previous + detail_channels, OUTPUT_CHANNELS, kernel_size=3, padding=1)
 
     def forward(self, fused: torch.Tensor, images: torch.Tensor | None = None) -> torch.Tensor:
@@ -85,6 +91,13 @@ class FlowDecoder(nn.Module):
                                  f"{upsampled.shape[-2]}, {upsampled.shape[-1]})")
             upsampled = torch.cat((upsampled, self.detail(images.to(upsampled.dtype))), dim=1)
         return self.output(upsampled)
+
+
+def check_dilations(dilations, name: str = "detail_dilations") -> None:
+    """Raises a ValueError naming `name` unless dilations is a non-empty sequence of integers >= 1."""
+    if isinstance(dilations, (str, bytes)) or not hasattr(dilations, "__len__") or not len(dilations) or any(
+            isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in dilations):
+        raise ValueError(f"{name} must be a non-empty list of integers >= 1, got {dilations!r}")
 
 
 def _channels_last(tensor: torch.Tensor | None, index: int) -> torch.Tensor | None:

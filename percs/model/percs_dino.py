@@ -20,7 +20,7 @@ from torch import nn
 
 from percs.model.backbone import DinoVisionTransformer, backbone_spec, build_backbone
 from percs.model.backbone_weights import load_backbone
-from percs.model.decoder import FlowDecoder
+from percs.model.decoder import FlowDecoder, check_dilations
 from percs.model.fusion import ReferenceFusion
 from percs.model.reference import embed_reference
 
@@ -37,7 +37,8 @@ class HeadConfig:
     generic: the "filter" baseline's class-agnostic mode: the reference is ignored and channel 3 is trained
     as "pixel belongs to any cell" (the trainer builds that target); same parameters, no extra architecture.
     detail_channels: width of the decoder's full-resolution detail branch on the input image (not in the
-    paper; 0 = the paper's decoder; see `FlowDecoder`). similarity_scale: gain on the cosine-similarity
+    paper; 0 = the paper's decoder; see `FlowDecoder`); detail_dilations: the dilation of each of its 3 x 3
+    convolutions (default two of dilation 1). similarity_scale: gain on the cosine-similarity
     channel (1 = the paper's; see `ReferenceFusion` for why a larger one learns faster).
     similarity_logit: also add a learned affine map of the cosine similarity, a * (s - b), upsampled
     bilinearly to full resolution, to the same-type logit (not in the paper; False = the paper's head). The
@@ -53,6 +54,7 @@ class HeadConfig:
     decoder_strides: tuple[int, ...] = (2, 7)
     generic: bool = False
     detail_channels: int = 0
+    detail_dilations: tuple[int, ...] = (1, 1)
     similarity_scale: float = 1.0
     similarity_logit: bool = False
 
@@ -64,6 +66,8 @@ class HeadConfig:
         if isinstance(self.detail_channels, bool) or not isinstance(self.detail_channels, int) \
                 or self.detail_channels < 0:
             raise ValueError(f"head.detail_channels must be an integer >= 0, got {self.detail_channels!r}")
+        check_dilations(self.detail_dilations, "head.detail_dilations")
+        object.__setattr__(self, "detail_dilations", tuple(self.detail_dilations))
         if not self.similarity_scale > 0:
             raise ValueError(f"head.similarity_scale must be > 0, got {self.similarity_scale!r}")
         if self.dim % self.num_heads:
@@ -109,7 +113,7 @@ class PerCSDino(nn.Module):
         self.fusion = ReferenceFusion(backbone.spec.embed_dim, head.dim, head.depth, head.num_heads, head.generic,
                                       head.similarity_scale)
         self.decoder = FlowDecoder(head.dim, head.decoder_channels, head.decoder_strides,
-                                   head.detail_channels)
+                                   head.detail_channels, head.detail_dilations)
         if head.similarity_logit and not head.generic:
             # a = 10, b = 0.5 at the start: a cosine 0.1 above b adds one unit of logit.
             self.similarity_gain = nn.Parameter(torch.tensor(10.0))
