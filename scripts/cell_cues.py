@@ -54,19 +54,14 @@ def split_queries(dataset, split: str, backbone, layers, every: int = 1, embeddi
     from tqdm import tqdm
 
     from percs.evaluate.runner import split_queries as queries_of
-    from percs.train.scorer import embed_candidates, embed_reference_cell
+    from percs.train.scorer import embed_reference_cell
 
     embedder = InstanceScorer(backbone, None, layers, embedding, window_size=size, context=context,
                               context_window=context_window)
     per_image, out = {}, []
     for q in tqdm(queries_of(dataset, split)[::every], desc=split, unit="query"):
         if q.image not in per_image:
-            record = dataset.record(q.image)
-            labels = torch.from_numpy(dataset.read_labels(record).astype(np.int64))
-            image = as_input_image(dataset.read_image(record), torch.device("cpu"))
-            cells, vectors, descriptors, tokens = embed_candidates(embedder, image, labels, keep_tokens)
-            types = np.array([record.type_of(int(c)) for c in cells])
-            per_image[q.image] = (vectors, descriptors, types, tokens)
+            per_image[q.image] = image_cells(dataset, dataset.record(q.image), embedder, keep_tokens)
         vectors, descriptors, types, tokens = per_image[q.image]
         ref_record = dataset.record(q.reference_image)
         ref_image = as_input_image(dataset.read_image(ref_record), torch.device("cpu"))
@@ -76,6 +71,16 @@ def split_queries(dataset, split: str, backbone, layers, every: int = 1, embeddi
                         image=q.image, types=types, reference=ref_vectors, reference_descriptors=ref_descriptors,
                         origin=q.origin, target_type=q.target_type, **tokens, **ref_tokens))
     return out
+
+
+def image_cells(dataset, record, embedder: InstanceScorer, keep_tokens: int | None = None):
+    """(vectors, descriptors, types, tokens) of every true cell of one image (`embed_candidates`)."""
+    from percs.train.scorer import embed_candidates
+
+    labels = torch.from_numpy(dataset.read_labels(record).astype(np.int64))
+    image = as_input_image(dataset.read_image(record), torch.device("cpu"))
+    cells, vectors, descriptors, tokens = embed_candidates(embedder, image, labels, keep_tokens)
+    return vectors, descriptors, np.array([record.type_of(int(c)) for c in cells]), tokens
 
 
 def auc(scores: np.ndarray, positive: np.ndarray) -> float:
@@ -178,8 +183,6 @@ def split_cells(dataset, split: str, backbone, layers, embedding: str = "patch",
     `split_queries` embeds them."""
     from tqdm import tqdm
 
-    from percs.train.scorer import embed_candidates
-
     images = dataset.in_split(split)
     if not images:
         raise SystemExit(f"--probe-split: dataset {dataset.name!r} has no image in split {split!r}")
@@ -187,11 +190,8 @@ def split_cells(dataset, split: str, backbone, layers, embedding: str = "patch",
                               context_window=context_window)
     out = []
     for record in tqdm(images, desc=f"{split} cells", unit="image"):
-        labels = torch.from_numpy(dataset.read_labels(record).astype(np.int64))
-        image = as_input_image(dataset.read_image(record), torch.device("cpu"))
-        cells, vectors, descriptors, _ = embed_candidates(embedder, image, labels)
-        out.append(dict(image=record.name, cells=vectors.half(), descriptors=descriptors,
-                        types=np.array([record.type_of(int(c)) for c in cells])))
+        vectors, descriptors, types, _ = image_cells(dataset, record, embedder)
+        out.append(dict(image=record.name, cells=vectors.half(), descriptors=descriptors, types=types))
     return out
 
 
@@ -358,6 +358,8 @@ def main() -> None:
         return value
 
     report, probe, found, true_cells = {}, None, {}, {}
+    if args.probe_decision:
+        key = hashlib.sha256(str(Path(args.probe_decision).resolve()).encode()).hexdigest()[:8]
     if args.probe_split:
         probe = fit_probe(cached(f"{args.probe_split}_cells", lambda: split_cells(
             dataset, args.probe_split, backbone, layers, *embedding, args.context_window)))
@@ -366,7 +368,6 @@ def main() -> None:
         queries = cached(f"{split}_every{args.every}{tokens}", lambda: split_queries(
             dataset, split, backbone, layers, args.every, *embedding, args.keep_tokens, args.context_window))
         if args.probe_decision:
-            key = hashlib.sha256(str(Path(args.probe_decision).resolve()).encode()).hexdigest()[:8]
             found[split] = cached(f"{split}_every{args.every}_found{key}", lambda: found_queries(
                 dataset, split, args.probe_decision, args.weights, layers, *embedding, args.context_window,
                 args.every))

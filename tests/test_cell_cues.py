@@ -22,15 +22,24 @@ def _script():
 CENTRES = np.random.default_rng(7).normal(size=(3, 8)) * 3
 
 
+NAMES = np.array(["a", "b", "c"])
+
+
+def _typed_cells(rng) -> tuple[np.ndarray, np.ndarray]:
+    """(kinds (20,), vectors (20, 2, 8)): 20 cells of 3 types whose layer-0 vectors sit near a type centre."""
+    kinds = rng.integers(0, 3, 20)
+    cells = rng.normal(size=(20, 2, 8))
+    cells[:, 0] += CENTRES[kinds]
+    return kinds, cells
+
+
 def _queries(rng, images: int, confusable_reference: bool = False) -> list[dict]:
     """Images of 3 types whose layer-0 vectors sit near a type centre (CENTRES); one query per type present."""
     centres = CENTRES
-    names = np.array(["a", "b", "c"])
+    names = NAMES
     queries = []
     for index in range(images):
-        kinds = rng.integers(0, 3, 20)
-        cells = rng.normal(size=(20, 2, 8))
-        cells[:, 0] += centres[kinds]
+        kinds, cells = _typed_cells(rng)
         for kind in np.unique(kinds):
             shown = (kind + 1) % 3 if confusable_reference else kind    # a reference that looks like another type
             reference = rng.normal(size=(2, 8))
@@ -67,15 +76,12 @@ def test_the_probe_skips_unknown_types_and_needs_cell_types():
 
 
 def _image_cells(rng, images: int) -> list[dict]:
-    """Per image: 20 cells of 3 types whose layer-0 vectors sit near a type centre (no queries)."""
-    names = np.array(["a", "b", "c"])
+    """Per image: `_typed_cells` (no queries)."""
     out = []
     for index in range(images):
-        kinds = rng.integers(0, 3, 20)
-        cells = rng.normal(size=(20, 2, 8))
-        cells[:, 0] += CENTRES[kinds]
+        kinds, cells = _typed_cells(rng)
         out.append(dict(image=f"train{index}", cells=torch.tensor(cells).half(), descriptors=torch.zeros(20, 3),
-                        types=names[kinds]))
+                        types=NAMES[kinds]))
     return out
 
 
