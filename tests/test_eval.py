@@ -189,6 +189,43 @@ def test_table_merges_runs_like_table_1(dataset, tmp_path):
     assert (tmp_path / "table.md").read_text() == text
 
 
+def test_paired_differences_resample_the_same_images_for_both_runs(dataset, tmp_path):
+    from percs.evaluate.summary import resample_weights
+    from percs.evaluate.table import paired_difference
+
+    oracle = run_eval(OracleMethod(dataset), dataset, tmp_path / "oracle", FAST)
+    half = run_eval(HalfOracleMethod(dataset), dataset, tmp_path / "half", FAST)
+    empty = run_eval(EmptyMethod(), dataset, tmp_path / "empty", FAST)
+    value, low, high = paired_difference(oracle, empty, "0.5")
+    assert (value, low, high) == (-1.0, -1.0, -1.0)                     # every query: 0 - 1
+    # the oracle: per-query differences, images drawn with the summary's own weights (image means per draw)
+    ap = {q["image"] + q["target_type"]: q["iou"]["0.5"]["ap"] for q in oracle["queries"]}
+    differences = np.array([q["iou"]["0.5"]["ap"] - ap[q["image"] + q["target_type"]] for q in half["queries"]])
+    names = sorted({q["image"] for q in oracle["queries"]})
+    index = np.array([names.index(q["image"]) for q in oracle["queries"]])
+    weights = resample_weights(len(names), FAST.bootstrap)
+    draws = [(w[index] * differences).sum() / w[index].sum() for w in weights]
+    expected = (differences.mean(), *np.percentile(draws, [2.5, 97.5]))
+    np.testing.assert_allclose(paired_difference(oracle, half, "0.5"), expected, rtol=1e-12, atol=1e-12)
+    assert expected[0] < 0 and expected[1] < expected[2]
+    # the order of a run's queries does not matter; a missing query does
+    shuffled = dict(half, queries=half["queries"][::-1])
+    np.testing.assert_allclose(paired_difference(oracle, shuffled, "0.5"), expected, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="scored different queries .first: image"):
+        paired_difference(oracle, dict(half, queries=half["queries"][1:]), "0.5")
+    with pytest.raises(ValueError, match="no IoU threshold 0.7"):
+        paired_difference(oracle, half, "0.7")
+    text = render_table([oracle, half, empty], paired=True)
+    paired = text.split("Paired by image")[1].splitlines()
+    assert f"bench test: {OracleMethod.name}" in paired[0]
+    assert paired[4].startswith(f"| {OracleMethod.name} | 0.3 | - |")
+    assert paired[9] == "| empty | 0.5 | -1.000 [-1.000, -1.000] |"
+    assert "Paired by image" not in render_table([oracle, half, empty])
+    assert main(["eval-table", str(tmp_path / "oracle"), str(tmp_path / "half"), "--paired",
+                 "--out", str(tmp_path / "paired.md")]) == 0
+    assert "Paired by image" in (tmp_path / "paired.md").read_text()
+
+
 def test_every_kth_query_is_a_marked_subset(dataset, tmp_path, capsys, monkeypatch):
     queries = split_queries(dataset, "test")
     every = EvalConfig(bootstrap=BootstrapConfig(resamples=50), worst=0, progress=False, every=2)

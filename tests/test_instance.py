@@ -586,3 +586,92 @@ def test_train_scorer_refuses_an_expand_outside_0_1(tmp_path, capsys):
         assert main(["train-scorer", "--data", str(bench), "--out", str(tmp_path / "s.pt"), "--expand", value]) == 2
         assert "--expand must be a number in [0, 1]" in capsys.readouterr().err
     assert not (tmp_path / "s.pt").exists()
+
+
+def test_a_type_scorer_gives_the_probability_that_a_cell_has_the_references_type():
+    from percs.model.instance import TypeScorer
+
+    torch.manual_seed(0)
+    scorer = TypeScorer(2, 8, 3, classes=3).eval()
+    scorer.mean.normal_()
+    scorer.scale.uniform_(0.5, 2.0)
+    cells, descriptors = torch.randn(5, 2, 8), torch.randn(5, 3)
+    reference, reference_descriptors = torch.randn(2, 8), torch.randn(3)
+    with torch.no_grad():
+        logits = scorer(cells, reference, descriptors, reference_descriptors)
+        # the oracle: softmax of the standardised features through the linear layer, posteriors dotted
+        features = torch.cat((cells.flatten(1), descriptors), 1)
+        ref_features = torch.cat((reference.flatten(), reference_descriptors))[None]
+        weight, bias = scorer.linear.weight, scorer.linear.bias
+        cell_types = torch.softmax((features - scorer.mean) / scorer.scale @ weight.T + bias, 1)
+        ref_types = torch.softmax((ref_features - scorer.mean) / scorer.scale @ weight.T + bias, 1)
+        same = cell_types @ ref_types[0]
+        torch.testing.assert_close(torch.sigmoid(logits), same)
+        # one reference per cell (N, L, C) gives the same as the shared one
+        torch.testing.assert_close(scorer(cells, reference.expand(5, -1, -1), descriptors,
+                                          reference_descriptors.expand(5, -1)), logits)
+        torch.testing.assert_close(scorer(cells[:1], cells[0], descriptors[:1], descriptors[0]),
+                                   torch.logit((cell_types[0] ** 2).sum()[None]))
+    with pytest.raises(ValueError, match=r"expected \(N, 2, 8\)"):
+        scorer(torch.randn(5, 3, 8), reference, descriptors, reference_descriptors)
+    with pytest.raises(ValueError, match="classes must be at least 2"):
+        TypeScorer(2, 8, 3, classes=1)
+
+
+def test_the_types_objective_fits_a_type_classifier_on_every_train_cell_and_attaches_like_a_scorer(tmp_path):
+    from percs.api import Segmenter, load_model
+    from percs.model.instance import TypeScorer
+    from percs.train.scorer import attach_scorer, collect_type_cells, fit_type_scorer
+
+    bench = make_benchmark(tmp_path)
+    generic = generic_checkpoint(bench, tmp_path / "generic.pt", generic=True)
+    backbone = load_model(generic, "cpu")[0].backbone
+    settings = ScorerTraining(layers=(1,), objective="types", context_window=3.0)
+    images = collect_type_cells(bench, backbone, settings, progress=False)
+    from percs.data.format import load_dataset
+
+    dataset = load_dataset(bench)
+    records = dataset.in_split("train")
+    assert len(images) == len(records)
+    assert [len(i["types"]) for i in images] == [r.n_instances for r in records]
+    assert images[0]["types"] == [records[0].type_of(c) for c in range(1, records[0].n_instances + 1)]
+    assert images[0]["cells"].shape == (records[0].n_instances, 2, 32)        # its window, then the context window
+
+    scorer, classes = fit_type_scorer(images, settings)
+    assert isinstance(scorer, TypeScorer) and classes == sorted({t for i in images for t in i["types"]})
+    vectors = torch.cat([i["cells"] for i in images]).float()
+    descriptors = torch.cat([i["descriptors"] for i in images])
+    truth = torch.tensor([classes.index(t) for i in images for t in i["types"]])
+    with torch.no_grad():
+        accuracy = (scorer.type_logits(vectors, descriptors).argmax(1) == truth).float().mean()
+        standardised = (scorer.features(vectors, descriptors) - scorer.mean) / scorer.scale
+    assert accuracy > 0.9                                   # red and green disks: the classifier learns the colours
+    torch.testing.assert_close(standardised.mean(0), torch.zeros(standardised.shape[1]), atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="at least two cell types"):
+        fit_type_scorer([dict(images[0], types=["a"] * len(images[0]["types"]))], settings)
+
+    # as a scorer file it loads, attaches and decides as a CellScorer does
+    path = tmp_path / "types.pt"
+    save_scorer(path, scorer, settings, "vits14", {"dataset": "tiny"}, 0.0, backbone_fingerprint(backbone), classes)
+    loaded, record = load_scorer(path)
+    assert isinstance(loaded, TypeScorer) and record["classes"] == classes
+    assert record["settings"]["objective"] == "types"
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(vectors, vectors[0], descriptors, descriptors[0]),
+                                   scorer(vectors, vectors[0], descriptors, descriptors[0]))
+    attach_scorer(generic, path, 0.5, tmp_path / "model.pt")
+    segmenter = Segmenter.from_checkpoint(tmp_path / "model.pt", "cpu")
+    assert isinstance(segmenter.instance.scorer, TypeScorer)
+    image, red, _ = red_and_green_disks()
+    result = segmenter.segment(image, segmenter.reference(image, labels=red, label=1))
+    assert result.cell_probability.shape == (int(result.labels.max()),)
+    with pytest.raises(ValueError, match="does not match objective 'pairs'"):
+        save_scorer(tmp_path / "bad.pt", scorer, ScorerTraining(layers=(1,)), "vits14", {}, 0.0, "f", classes)
+    with pytest.raises(ValueError, match="classes must name the TypeScorer's"):
+        save_scorer(tmp_path / "bad.pt", scorer, settings, "vits14", {}, 0.0, "f", classes[:1])
+    with pytest.raises(ValueError, match="objective must be one of"):
+        ScorerTraining(objective="classes")
+    with pytest.raises(ValueError, match="tune_blocks must be 0"):
+        ScorerTraining(objective="types", tune_blocks=1)
+    with pytest.raises(ValueError, match="type_l2 must be"):
+        ScorerTraining(objective="types", type_l2=-1.0)

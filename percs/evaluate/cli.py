@@ -81,7 +81,7 @@ def cmd_eval_table(args: argparse.Namespace) -> int:
     from percs.evaluate.table import render_table
 
     try:
-        text = render_table([read_metrics(path) for path in args.runs], args.digits)
+        text = render_table([read_metrics(path) for path in args.runs], args.digits, args.paired)
     except ValueError as error:
         print(f"percs eval-table: error: {error}", file=sys.stderr)
         return 1
@@ -146,4 +146,7 @@ def add_eval_commands(sub) -> None:
     p.add_argument("runs", nargs="+", type=Path, help="eval output folders (or their metrics.json)")
     p.add_argument("--out", type=Path, help="write the markdown here (default: standard output)")
     p.add_argument("--digits", type=int, default=3, help="decimals of every figure (default 3)")
+    p.add_argument("--paired", action="store_true",
+                   help="add each run's mean AP minus that of the first run on its dataset and split, over the same "
+                        "queries, with an interval from bootstrap draws of images shared by both runs")
     p.set_defaults(func=cmd_eval_table)

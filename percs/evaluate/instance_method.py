@@ -19,7 +19,7 @@ import torch
 from percs.baselines.common import ImageCache
 from percs.baselines.filter import Candidates, keep_similar, tune_on_split
 from percs.evaluate.methods import MethodUnavailable
-from percs.model.instance import LAYERS, InstanceScorer, check_expand
+from percs.model.instance import LAYERS, InstanceScorer, check_expand, scorer_label
 from percs.predict import as_input_image
 
 
@@ -53,7 +53,8 @@ class InstanceDecision:
     @property
     def name(self) -> str:
         expand = f", the image's best match weighted {self.instance.expand:g}" if self.instance.expand else ""
-        return f"PerCS-DINO instance decision ({self.source.name} masks + learned cell scorer{expand}, " \
+        scorer = scorer_label(self.instance.scorer)
+        return f"PerCS-DINO instance decision ({self.source.name} masks + {scorer}{expand}, " \
                f"threshold {self.threshold:g}{self.tuning})"
 
     def _cells(self, image: np.ndarray, scale: float):

@@ -150,9 +150,11 @@ def build_percs_method(args: argparse.Namespace, dataset) -> PercsMethod:
                 raise ValueError(f"--expand: {error}") from None
         settings["instance"] = {"layers": list(instance.layers), "embedding": instance.embedding,
                                 "threshold": instance.threshold, "margin": margin, "expand": instance.expand}
+        from percs.model.instance import scorer_label
+
         name = method_name(config.model, False).replace("PerCS-DINO (", "PerCS-DINO instance decision (", 1)
         rule = f"threshold {instance.threshold:g}" if margin is None else f"margin {margin:g} from the best cell"
         if instance.expand:
             rule += f", the image's best match weighted {instance.expand:g}"
-        return PercsMethod(segmenter, f"{name[:-1]}; learned cell scorer, {rule})", settings)
+        return PercsMethod(segmenter, f"{name[:-1]}; {scorer_label(instance.scorer)}, {rule})", settings)
     return PercsMethod(segmenter, method_name(config.model, model.generic), settings)

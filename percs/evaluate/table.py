@@ -7,11 +7,16 @@ negatives]"). Columns are AP, P and R
 of each (dataset, split), in the order the runs are given; a method without a run on a column shows "-".
 Each figure is `value [low, high]`, its bootstrap interval over images. The first table holds the headline
 figures (means over queries of per-query AP / P / R), the second the pooled ones (TP / FP / FN summed).
+With paired=True a third table gives, for each run, its mean AP minus that of the first run given on the same
+column, over the same queries, with a paired bootstrap interval (`paired_difference`).
 """
 
 from __future__ import annotations
 
+import numpy as np
+
 from percs.evaluate.shots import ShotsConfig
+from percs.evaluate.summary import BootstrapConfig, interval, resample_weights
 
 FIGURE_NAMES = {"ap": "AP", "precision": "P", "recall": "R"}
 
@@ -37,10 +42,46 @@ def column_label(metrics: dict) -> str:
     return f"{metrics['dataset']['name']} {metrics['split']}"
 
 
-def render_table(runs: list[dict], digits: int = 3) -> str:
-    """Markdown of the headline and pooled tables (with a note per column group) of `runs`.
+def query_key(query: dict) -> tuple:
+    """What makes two runs' queries the same query: image, target type, reference cell (and extra references)."""
+    return (query["image"], query["target_type"], query["reference_image"], query["reference_label"],
+            str(query.get("extra_positives")), str(query.get("extra_negatives")))
 
-    ValueError when two runs share a row and a column (say which) or disagree on the thresholds."""
+
+def paired_difference(base: dict, other: dict, threshold: str, figure: str = "ap") -> tuple[float, float, float]:
+    """(mean over queries of other's per-query figure minus base's, low, high) at IoU `threshold` ("0.5"): the
+    two runs scored the same queries (ValueError naming the first that differs), and the interval resamples
+    IMAGES, each draw the same for both runs (base's bootstrap settings), so that what the two share cancels."""
+    keys = [query_key(q) for q in base["queries"]]
+    other_by_key = {query_key(q): q for q in other["queries"]}
+    if len(other_by_key) != len(other["queries"]) or len(set(keys)) != len(keys):
+        raise ValueError("a run holds the same query twice: cannot pair its queries")
+    missing = [k for k in keys if k not in other_by_key]
+    if missing or len(keys) != len(other_by_key):
+        first = missing[0] if missing else next(k for k in other_by_key if k not in set(keys))
+        raise ValueError(f"{row_label(base)!r} and {row_label(other)!r} scored different queries (first: image "
+                         f"{first[0]!r}, type {first[1]!r}, reference {first[2]!r} cell {first[3]}): cannot pair them")
+    if threshold not in base["queries"][0]["iou"]:
+        raise ValueError(f"no IoU threshold {threshold} in the runs (they hold {sorted(base['queries'][0]['iou'])})")
+    differences = np.array([other_by_key[k]["iou"][threshold][figure] - q["iou"][threshold][figure]
+                            for k, q in zip(keys, base["queries"])])
+    images = {name: i for i, name in enumerate(sorted({k[0] for k in keys}))}
+    index = np.array([images[k[0]] for k in keys])
+    bootstrap = base["bootstrap"]
+    weights = resample_weights(len(images), BootstrapConfig(bootstrap["resamples"], bootstrap["level"],
+                                                            bootstrap["seed"]))
+    per_image = np.bincount(index, weights=differences, minlength=len(images))
+    count = np.bincount(index, minlength=len(images))
+    resampled = (weights @ per_image) / (weights @ count)
+    return (float(differences.mean()), *interval(resampled, bootstrap["level"]))
+
+
+def render_table(runs: list[dict], digits: int = 3, paired: bool = False) -> str:
+    """Markdown of the headline and pooled tables (with a note per column group) of `runs`, and with paired the
+    paired differences of mean AP from each column's first run (`paired_difference`).
+
+    ValueError when two runs share a row and a column (say which) or disagree on the thresholds, or, with
+    paired, when two runs of a column scored different queries."""
     rows, columns, cells = _layout(runs)
     thresholds = [f"{t:g}" for t in runs[0]["thresholds"]]
     level = f"{100 * runs[0]['bootstrap']['level']:g}%"
@@ -48,6 +89,10 @@ def render_table(runs: list[dict], digits: int = 3) -> str:
              "images resampled].\n", _markdown(rows, columns, cells, thresholds, "mean", digits),
              "\nPooled over queries (TP, FP, FN summed), same intervals.\n",
              _markdown(rows, columns, cells, thresholds, "pooled", digits), ""]
+    if paired:
+        parts[-1:] = [f"\nPaired by image: mean AP minus that of the column's first run ({rows_of(columns, cells)}), "
+                      f"same queries, each bootstrap draw of images shared by both runs.\n",
+                      _paired_markdown(rows, columns, cells, thresholds, digits), ""]
     for column in columns:
         run = next(r for (_, c), r in cells.items() if c == column)
         parts.append(f"- {column}: {run['n_queries']} queries on {run['n_images']} images, dataset manifest "
@@ -88,3 +133,29 @@ def _markdown(rows, columns, cells, thresholds, kind: str, digits: int) -> str:
 def _format(estimate: dict, digits: int) -> str:
     low, high = estimate["ci"]
     return f"{estimate['value']:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def rows_of(columns: list[str], cells: dict) -> str:
+    """'column: first run' for each column, the baseline of its paired differences."""
+    return "; ".join(f"{column}: {_first_row(column, cells)}" for column in columns)
+
+
+def _first_row(column: str, cells: dict) -> str:
+    return next(row for (row, c) in cells if c == column)
+
+
+def _paired_markdown(rows, columns, cells, thresholds, digits: int) -> str:
+    header = ["Method", "IoU"] + [f"{c} AP minus the first run's" for c in columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for t in thresholds:
+        for row in rows:
+            values = []
+            for column in columns:
+                run, base = cells.get((row, column)), cells[_first_row(column, cells), column]
+                if run is None or run is base:
+                    values.append("-")
+                    continue
+                value, low, high = paired_difference(base, run, t)
+                values.append(f"{value:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}]")
+            lines.append("| " + " | ".join([row, t] + values) + " |")
+    return "\n".join(lines)

@@ -148,6 +148,56 @@ class CellScorer(nn.Module):
         return self.head(torch.cat(parts + [cosine, difference, difference.abs(), context], -1))[:, 0]
 
 
+class TypeScorer(nn.Module):
+    """Same-type logit of each candidate cell against its reference from a type classifier: a linear layer on
+    the standardised features (every block's pooled vector and the descriptors) gives each cell's posterior over
+    the K cell types of the training split, and the probability that a cell has the reference's type is the dot
+    product of the two posteriors, q = p_cell . p_ref, read independently. The logit is log q - log(1 - q).
+
+    A drop-in for CellScorer (the same forward) for benchmarks whose evaluation types are the training types (the
+    PanNuke protocol, consep): the reference then picks one of the types the classifier knows. It is fitted on
+    every true cell of the train split (`percs.train.scorer.fit_type_scorer`), not on pairs. On consep it ranks a
+    found cell against the reference better than the pair scorer (per-query AUC 0.752 against 0.666;
+    docs/type_decision.md). tail is always None (frozen backbone)."""
+
+    tail = None
+
+    def __init__(self, layers: int, dim: int, n_descriptors: int = len(DESCRIPTORS), classes: int = 2):
+        super().__init__()
+        if classes < 2:
+            raise ValueError(f"classes must be at least 2, got {classes!r}")
+        self.layers, self.dim, self.n_descriptors, self.classes = layers, dim, n_descriptors, classes
+        inputs = layers * dim + n_descriptors
+        self.register_buffer("mean", torch.zeros(inputs))
+        self.register_buffer("scale", torch.ones(inputs))
+        self.linear = nn.Linear(inputs, classes)
+
+    def features(self, vectors: torch.Tensor, descriptors: torch.Tensor) -> torch.Tensor:
+        """(N, L * C + D) unstandardised inputs of cells (N, L, C) with descriptors (N, D)."""
+        if vectors.ndim != 3 or vectors.shape[1:] != (self.layers, self.dim):
+            raise ValueError(f"vectors has shape {tuple(vectors.shape)}, expected (N, {self.layers}, {self.dim})")
+        return torch.cat((vectors.float().flatten(1), descriptors.float()), 1)
+
+    def type_logits(self, vectors: torch.Tensor, descriptors: torch.Tensor) -> torch.Tensor:
+        """(N, K) type logits of cells (N, L, C) with descriptors (N, D)."""
+        return self.linear((self.features(vectors, descriptors) - self.mean) / self.scale)
+
+    def forward(self, cells: torch.Tensor, references: torch.Tensor, cell_descriptors: torch.Tensor,
+                reference_descriptors: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
+        """As CellScorer.forward (groups unused: each cell is read alone). Returns (N,) logits."""
+        if references.ndim == 2:
+            references, reference_descriptors = references[None], reference_descriptors[None]
+        cell_types = torch.softmax(self.type_logits(cells, cell_descriptors), -1)
+        reference_types = torch.softmax(self.type_logits(references, reference_descriptors), -1)
+        same = (cell_types * reference_types).sum(-1).clamp(1e-6, 1 - 1e-6)
+        return torch.log(same) - torch.log1p(-same)
+
+
+def scorer_label(scorer: nn.Module | None) -> str:
+    """How a method name calls its scorer: "learned cell scorer" (CellScorer) or "type classifier" (TypeScorer)."""
+    return "type classifier" if isinstance(scorer, TypeScorer) else "learned cell scorer"
+
+
 def image_block_features(backbone, image: torch.Tensor, layers=LAYERS, window: int = 224, stride: int = 168,
                          batch_size: int = 8) -> list[torch.Tensor]:
     """Block features of a normalised (3, H, W) image over its padded grid [(C, Hp/14, Wp/14)] per layer: the

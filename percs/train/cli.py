@@ -74,6 +74,14 @@ def cmd_train_scorer(args: argparse.Namespace) -> int:
         print(f"percs train-scorer: error: --context-window must be 0 (none) or a finite number >= 1, with "
               f"--embedding window (got {args.context_window:g}, {args.embedding})", file=sys.stderr)
         return 2
+    if args.objective == "types" and args.tune_blocks:
+        print("percs train-scorer: error: --objective types reads the frozen backbone: --tune-blocks must be 0",
+              file=sys.stderr)
+        return 2
+    if not 0 <= args.type_l2 < float("inf"):
+        print(f"percs train-scorer: error: --type-l2 must be a finite number >= 0, got {args.type_l2:g}",
+              file=sys.stderr)
+        return 2
     if not 0 <= args.expand <= 1:
         print(f"percs train-scorer: error: --expand must be a number in [0, 1], got {args.expand:g}", file=sys.stderr)
         return 2
@@ -90,7 +98,8 @@ def cmd_train_scorer(args: argparse.Namespace) -> int:
                                   embedding=args.embedding, reference_sampling=args.reference_sampling,
                                   window_size=args.window_size, context=args.context, rank_weight=args.rank_weight,
                                   tune_blocks=args.tune_blocks, tune_lr=args.tune_lr,
-                                  context_window=args.context_window)
+                                  context_window=args.context_window, objective=args.objective,
+                                  type_l2=args.type_l2)
         digest = train_scorer(args.data, args.backbone_weights, args.out, settings, args.backbone, args.cache)
         print(f"wrote {args.out} (sha256 {digest})")
         if args.generic_checkpoint:
@@ -162,6 +171,13 @@ def add_train_scorer_command(sub) -> None:
     p.add_argument("--reference-sampling", choices=("type", "cell"), default="type",
                    help="the reference type of a draw: uniformly among the crop's types (default, as benchmark "
                         "queries ask each type) or that of a uniformly drawn cell (as percs train)")
+    p.add_argument("--objective", choices=("pairs", "types"), default="pairs",
+                   help="pairs (default): a metric learned on cell pairs of training draws, for any types; types: "
+                        "a classifier of the train split's cell types on every true cell, a cell kept by the dot "
+                        "product of its type posterior and the reference's (only where evaluation types are "
+                        "training types, as consep's; --items, --epochs, --lr, --rank-weight do not apply)")
+    p.add_argument("--type-l2", type=float, default=0.02,
+                   help="--objective types: the L2 weight on the classifier's weights (default 0.02)")
     p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
     p.add_argument("--rank-weight", type=float, default=0.0,
                    help="weight of a within-image ranking loss (each crop's same-type cells above its others) "

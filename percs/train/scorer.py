@@ -25,12 +25,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from percs.model.instance import (DESCRIPTORS, LAYERS, CellScorer, InstanceScorer, cell_descriptors, cell_windows,
-                                  check_context_window, check_expand, tail_vectors, window_vectors)
+from percs.model.instance import (DESCRIPTORS, LAYERS, CellScorer, InstanceScorer, TypeScorer, cell_descriptors,
+                                  cell_windows, check_context_window, check_expand, tail_vectors, window_vectors)
 from percs.model.precision import inference_precision
 
 SCORER_KIND = "percs-cell-scorer"
 EMBEDDINGS = ("window", "patch")
+OBJECTIVES = ("pairs", "types")
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,10 @@ class ScorerTraining:
     window's tokens before those blocks, so that the fit runs only the tuned blocks (window embedding only);
     tune_lr: their learning rate (no weight decay: they start from the pretrained weights); context_window: 0 (the
     default) or the side, over the cell's diameter, of a second, wider window each cell is also embedded in
-    (`InstanceScorer` context_window; window embedding only)."""
+    (`InstanceScorer` context_window; window embedding only). objective: "pairs" (the default) fits a CellScorer
+    on pairs of training draws; "types" fits a TypeScorer, a type classifier on every true cell of the train
+    split's images (`fit_type_scorer`, L-BFGS with L2 weight type_l2), for benchmarks whose evaluation types
+    are the training types (items, epochs, lr, width, hidden, dropout, rank_weight then do not apply)."""
 
     items: int = 3000
     epochs: int = 1
@@ -66,8 +70,16 @@ class ScorerTraining:
     tune_blocks: int = 0
     tune_lr: float = 1e-4
     context_window: float = 0.0
+    objective: str = "pairs"
+    type_l2: float = 0.02
 
     def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.objective == "types" and self.tune_blocks:
+            raise ValueError("objective 'types' reads the frozen backbone: tune_blocks must be 0")
+        if not 0 <= self.type_l2 < math.inf:
+            raise ValueError(f"type_l2 must be a finite number >= 0, got {self.type_l2!r}")
         for key in ("items", "epochs", "batch_crops", "width", "hidden"):
             if getattr(self, key) <= 0:
                 raise ValueError(f"{key} must be positive, got {getattr(self, key)!r}")
@@ -268,6 +280,66 @@ def fit_scorer(pairs: list[dict], settings: ScorerTraining = ScorerTraining(), p
     return scorer.eval()
 
 
+@torch.no_grad()
+def collect_type_cells(dataset_path, backbone, settings: ScorerTraining = ScorerTraining(), split: str = "train",
+                       progress: bool = True) -> list[dict]:
+    """Per image of `split`: every true cell embedded as the instance decision embeds found cells
+    (`InstanceScorer.cells` on the whole normalised image at its own scale), "cells" (N, L, C) float16,
+    "descriptors" (N, D) and "types" [N] (type names)."""
+    from tqdm import tqdm
+
+    from percs.data.format import load_dataset
+    from percs.predict import as_input_image
+
+    dataset = load_dataset(dataset_path)
+    records = dataset.in_split(split)
+    if not records:
+        raise ValueError(f"{dataset_path} has no image in split {split!r}")
+    embedder = InstanceScorer(backbone.eval(), None, settings.layers, settings.embedding,
+                              window_size=settings.window_size, context=settings.context,
+                              context_window=settings.context_window)
+    out = []
+    for record in tqdm(records, desc="type cells", unit="image", disable=not progress):
+        labels = torch.from_numpy(dataset.read_labels(record).astype("int64"))
+        image = as_input_image(dataset.read_image(record), torch.device("cpu"))
+        cells, vectors, descriptors = embedder.cells(image, labels)
+        if len(cells):
+            out.append(dict(cells=vectors.half(), descriptors=descriptors,
+                            types=[record.type_of(int(c)) for c in cells]))
+    if not out:
+        raise ValueError(f"no image of {dataset_path}'s {split} split has a cell")
+    return out
+
+
+def fit_type_scorer(images: list[dict], settings: ScorerTraining = ScorerTraining()) -> tuple[TypeScorer, list[str]]:
+    """(TypeScorer in eval mode, its class names) fitted on `collect_type_cells` output: multinomial logistic
+    regression on the standardised features, L-BFGS on the mean cross-entropy + type_l2 x the squared weights."""
+    vectors = torch.cat([image["cells"] for image in images]).float()
+    descriptors = torch.cat([image["descriptors"] for image in images]).float()
+    names = [t for image in images for t in image["types"]]
+    classes = sorted(set(names))
+    if len(classes) < 2:
+        raise ValueError(f"objective 'types' needs at least two cell types in the train split, got {classes}")
+    torch.manual_seed(settings.seed)
+    scorer = TypeScorer(vectors.shape[1], vectors.shape[2], descriptors.shape[1], len(classes))
+    features = scorer.features(vectors, descriptors)
+    scorer.mean.copy_(features.mean(0))
+    scorer.scale.copy_(features.std(0, correction=0) + 1e-6)
+    inputs = (features - scorer.mean) / scorer.scale
+    targets = torch.tensor([classes.index(t) for t in names])
+    optimiser = torch.optim.LBFGS(scorer.linear.parameters(), max_iter=300, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimiser.zero_grad()
+        loss = F.cross_entropy(scorer.linear(inputs), targets) + settings.type_l2 * scorer.linear.weight.square().sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimiser.step(closure)
+    return scorer.eval(), classes
+
+
 def tuned_vectors(backbone, tail, crops: list[dict], cells: torch.Tensor, references: torch.Tensor, start: int,
                   layers) -> tuple[torch.Tensor, torch.Tensor]:
     """cells and references (N, L, C) of crops (`crop_pairs` with their kept tokens; N their cells in order)
@@ -295,14 +367,22 @@ def backbone_fingerprint(backbone: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def save_scorer(path: str | Path, scorer: CellScorer, settings: ScorerTraining, backbone: str,
-                trained_on: dict, seconds: float, fingerprint: str | None = None) -> str:
+def save_scorer(path: str | Path, scorer: CellScorer | TypeScorer, settings: ScorerTraining, backbone: str,
+                trained_on: dict, seconds: float, fingerprint: str | None = None,
+                classes: list[str] | None = None) -> str:
     """Writes a scorer file (see the module docstring); returns its SHA-256. fingerprint: the backbone's
-    `backbone_fingerprint`, checked against the generic model's when the scorer is used."""
+    `backbone_fingerprint`, checked against the generic model's when the scorer is used. classes: a TypeScorer's
+    type names (settings.objective "types"), in the order of its outputs."""
+    if isinstance(scorer, TypeScorer) != (settings.objective == "types"):
+        raise ValueError(f"a {type(scorer).__name__} does not match objective {settings.objective!r}")
+    if isinstance(scorer, TypeScorer) and (classes is None or len(classes) != scorer.classes):
+        raise ValueError(f"classes must name the TypeScorer's {scorer.classes} types, got {classes!r}")
     state = {"kind": SCORER_KIND, "scorer": scorer.state_dict(), "layers": list(settings.layers),
              "dim": scorer.dim, "descriptors": list(DESCRIPTORS), "settings": asdict(settings),
              "backbone": backbone, "backbone_fingerprint": fingerprint, "trained_on": trained_on,
              "train_seconds": seconds}
+    if classes is not None:
+        state["classes"] = list(classes)
     buffer = io.BytesIO()
     torch.save(state, buffer)
     payload = buffer.getvalue()
@@ -347,6 +427,22 @@ def train_scorer(dataset_path, backbone_weights, out, settings: ScorerTraining =
     dataset = load_dataset(dataset_path)
     cache = Path(cache) if cache else None
     backbone = load_backbone(backbone_name, backbone_weights)
+    if settings.objective == "types":
+        if cache is not None and cache.is_file():
+            images = torch.load(cache, weights_only=True)
+        else:
+            images = collect_type_cells(dataset_path, backbone, settings)
+            if cache is not None:
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                torch.save(images, cache)
+        scorer, classes = fit_type_scorer(images, settings)
+        names = [t for image in images for t in image["types"]]
+        trained_on = {"dataset": dataset.name, "path": str(Path(dataset_path).resolve()), "split": "train",
+                      "images": len(images), "cells": len(names),
+                      "types": {c: names.count(c) for c in classes},
+                      "backbone_weights": str(backbone_weights or "official")}
+        return save_scorer(out, scorer, settings, backbone_name, trained_on, time.time() - start,
+                           backbone_fingerprint(backbone), classes)
     if cache is not None and cache.is_file():
         pairs = torch.load(cache, weights_only=True)
     else:
@@ -417,11 +513,20 @@ def scorer_from_record(record: dict) -> CellScorer:
     from percs.model.backbone import Block, backbone_spec
 
     settings = record["settings"]
+    windows = 2 if settings.get("context_window", 0.0) else 1
+    if settings.get("objective", "pairs") == "types":
+        scorer = TypeScorer(windows * len(record["layers"]), record["dim"], len(record["descriptors"]),
+                            len(record["classes"]))
+        try:
+            scorer.load_state_dict(record["scorer"])
+        except RuntimeError as error:
+            raise ValueError(f"the type scorer's weights do not fit its recorded shape ({len(record['classes'])} "
+                             f"types, context_window {settings.get('context_window', 0.0):g}): {error}") from None
+        return scorer.float().eval()
     tail = None
     if settings.get("tune_blocks", 0):
         spec = backbone_spec(record["backbone"])
         tail = torch.nn.ModuleList(Block(spec) for _ in range(settings["tune_blocks"]))
-    windows = 2 if settings.get("context_window", 0.0) else 1
     scorer = CellScorer(windows * len(record["layers"]), record["dim"], len(record["descriptors"]),
                         settings["width"], settings["hidden"], settings["dropout"], tail)
     try:
