@@ -420,6 +420,11 @@ def test_train_scorer_flow_threshold_needs_the_attached_model_and_a_valid_value(
         assert "--tune-blocks must be >= 0" in capsys.readouterr().err
     assert main(base + ["--tune-blocks", "1", "--embedding", "patch"]) == 2
     assert "--tune-blocks needs --embedding window" in capsys.readouterr().err
+    assert main(base + ["--objective", "types", "--tune-blocks", "1"]) == 2
+    assert "--objective types reads the frozen backbone: --tune-blocks must be 0" in capsys.readouterr().err
+    for bad in ("-1", "inf", "nan"):
+        assert main(base + ["--objective", "types", "--type-l2", bad]) == 2
+        assert "--type-l2 must be a finite number >= 0" in capsys.readouterr().err
     assert not (tmp_path / "scorer.pt").exists()
 
 
@@ -618,7 +623,7 @@ def test_a_type_scorer_gives_the_probability_that_a_cell_has_the_references_type
         TypeScorer(2, 8, 3, classes=1)
 
 
-def test_the_types_objective_fits_a_type_classifier_on_every_train_cell_and_attaches_like_a_scorer(tmp_path):
+def test_the_types_objective_fits_a_classifier_of_every_train_cell_and_attaches_as_a_scorer(tmp_path, monkeypatch):
     from percs.api import Segmenter, load_model
     from percs.model.instance import TypeScorer
     from percs.train.scorer import attach_scorer, collect_type_cells, fit_type_scorer
@@ -665,6 +670,19 @@ def test_the_types_objective_fits_a_type_classifier_on_every_train_cell_and_atta
     image, red, _ = red_and_green_disks()
     result = segmenter.segment(image, segmenter.reference(image, labels=red, label=1))
     assert result.cell_probability.shape == (int(result.labels.max()),)
+    # train_scorer: the cells embedded (or read from its cache) and fitted, the file records what it learned
+    import percs.model.backbone_weights as backbone_weights
+    from percs.train.scorer import train_scorer
+
+    monkeypatch.setattr(backbone_weights, "load_backbone", lambda name, weights: backbone)
+    for _ in range(2):                                          # the second run reads the cache the first wrote
+        train_scorer(bench, None, tmp_path / "trained.pt", settings, cache=tmp_path / "cells.pt")
+        trained, record = load_scorer(tmp_path / "trained.pt")
+        assert record["classes"] == classes and record["trained_on"]["images"] == len(records)
+        assert record["trained_on"]["cells"] == len(truth) and sum(record["trained_on"]["types"].values()) == len(truth)
+        for name, tensor in scorer.state_dict().items():
+            torch.testing.assert_close(trained.state_dict()[name], tensor)
+    assert (tmp_path / "cells.pt").is_file()
     with pytest.raises(ValueError, match="does not match objective 'pairs'"):
         save_scorer(tmp_path / "bad.pt", scorer, ScorerTraining(layers=(1,)), "vits14", {}, 0.0, "f", classes)
     with pytest.raises(ValueError, match="classes must name the TypeScorer's"):
