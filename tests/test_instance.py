@@ -617,6 +617,19 @@ def test_a_type_scorer_gives_the_probability_that_a_cell_has_the_references_type
                                           reference_descriptors.expand(5, -1)), logits)
         torch.testing.assert_close(scorer(cells[:1], cells[0], descriptors[:1], descriptors[0]),
                                    torch.logit((cell_types[0] ** 2).sum()[None]))
+    # several positives: their posteriors averaged into one type reading (not the best of their logits)
+    others = [(torch.randn(2, 8), torch.randn(3)) for _ in range(2)]
+    positives = [(reference, reference_descriptors)] + others
+    with torch.no_grad():
+        read = torch.stack([torch.softmax(scorer.type_logits(v[None], d[None]), -1)[0] for v, d in positives]).mean(0)
+        pooled = scorer.pooled_logits(cells, descriptors, positives)
+        torch.testing.assert_close(torch.sigmoid(pooled), cell_types @ read)
+        instance = InstanceScorer(small_backbone(), scorer, (1, 2), "window", threshold=0.3)
+        probability, keep = instance.decide(cells, descriptors, positives)
+        torch.testing.assert_close(probability, torch.sigmoid(pooled))
+        assert keep.tolist() == (torch.sigmoid(pooled) >= 0.3).tolist()
+        single, _ = instance.decide(cells, descriptors, positives[:1])        # one positive: the plain logit
+        torch.testing.assert_close(single, torch.sigmoid(logits))
     with pytest.raises(ValueError, match=r"expected \(N, 2, 8\)"):
         scorer(torch.randn(5, 3, 8), reference, descriptors, reference_descriptors)
     with pytest.raises(ValueError, match="classes must be at least 2"):

@@ -187,10 +187,24 @@ class TypeScorer(nn.Module):
         """As CellScorer.forward (groups unused: each cell is read alone). Returns (N,) logits."""
         if references.ndim == 2:
             references, reference_descriptors = references[None], reference_descriptors[None]
-        cell_types = torch.softmax(self.type_logits(cells, cell_descriptors), -1)
         reference_types = torch.softmax(self.type_logits(references, reference_descriptors), -1)
+        return self.same_type_logits(cells, cell_descriptors, reference_types)
+
+    def same_type_logits(self, cells: torch.Tensor, cell_descriptors: torch.Tensor,
+                         reference_types: torch.Tensor) -> torch.Tensor:
+        """(N,) logits of p_cell . reference_types, a type distribution (K,) or one per cell (N, K)."""
+        cell_types = torch.softmax(self.type_logits(cells, cell_descriptors), -1)
         same = (cell_types * reference_types).sum(-1).clamp(1e-6, 1 - 1e-6)
         return torch.log(same) - torch.log1p(-same)
+
+    def pooled_logits(self, cells: torch.Tensor, cell_descriptors: torch.Tensor, references: list) -> torch.Tensor:
+        """(N,) logits against several references of one type [(vectors (L, C), descriptors (D,))]: their type
+        posteriors averaged into one reading of the type, each cell's posterior dotted with it. More positives
+        then sharpen the type rather than widen it (a nearest-reference rule keeps a cell like any of them)."""
+        vectors = torch.stack([r[0] for r in references])
+        descriptors = torch.stack([r[1] for r in references])
+        reference_types = torch.softmax(self.type_logits(vectors, descriptors), -1).mean(0)
+        return self.same_type_logits(cells, cell_descriptors, reference_types)
 
 
 def scorer_label(scorer: nn.Module | None) -> str:
@@ -476,8 +490,14 @@ class InstanceScorer:
         test AP@0.5 0.272 -> 0.319; docs/type_decision.md). Block by block (`percs.predict.blockwise`) the best
         match is each block's.
 
+        With a TypeScorer, several positives are one reading of their type instead: their type posteriors are
+        averaged (`TypeScorer.pooled_logits`) and each cell's logit is against that.
+
         One positive, no negative and expand 0 is exactly `probabilities` (the single-reference decision)."""
-        positive = self.logits(vectors, descriptors, positives).max(1).values
+        if isinstance(self.scorer, TypeScorer) and len(positives) > 1 and len(vectors):
+            positive = self.scorer.pooled_logits(vectors, descriptors, positives)
+        else:
+            positive = self.logits(vectors, descriptors, positives).max(1).values
         rejected = self.logits(vectors, descriptors, negatives).max(1).values > positive if negatives else None
         score = self.expanded(vectors, descriptors, positive, None if rejected is None else ~rejected)
         probability = torch.sigmoid(score)
