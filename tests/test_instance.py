@@ -696,6 +696,9 @@ def test_the_types_objective_fits_a_classifier_of_every_train_cell_and_attaches_
         for name, tensor in scorer.state_dict().items():
             torch.testing.assert_close(trained.state_dict()[name], tensor)
     assert (tmp_path / "cells.pt").is_file()
+    torch.save([{"cells": torch.zeros(1, 1, 32)}], tmp_path / "pairs.pt")     # a pairs cache: no types
+    with pytest.raises(ValueError, match="does not hold typed cells"):
+        train_scorer(bench, None, tmp_path / "trained.pt", settings, cache=tmp_path / "pairs.pt")
     with pytest.raises(ValueError, match="does not match objective 'pairs'"):
         save_scorer(tmp_path / "bad.pt", scorer, ScorerTraining(layers=(1,)), "vits14", {}, 0.0, "f", classes)
     with pytest.raises(ValueError, match="classes must name the TypeScorer's"):

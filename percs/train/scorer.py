@@ -430,6 +430,9 @@ def train_scorer(dataset_path, backbone_weights, out, settings: ScorerTraining =
     if settings.objective == "types":
         if cache is not None and cache.is_file():
             images = torch.load(cache, weights_only=True)
+            if not isinstance(images, list) or not images or any("types" not in image for image in images):
+                raise ValueError(f"cache {cache} does not hold typed cells (written for --objective pairs?): "
+                                 "give another --cache file")
         else:
             images = collect_type_cells(dataset_path, backbone, settings)
             if cache is not None:
