@@ -96,24 +96,37 @@ def interval(values: np.ndarray, level: float) -> tuple[float, float]:
     return float(low), float(high)
 
 
+def image_index_of(images: list[str]) -> tuple[np.ndarray, int]:
+    """(each query's index among the sorted distinct images (Q,), the number of images) of the queries' images."""
+    names = {name: i for i, name in enumerate(sorted(set(images)))}
+    return np.array([names[name] for name in images]), len(names)
+
+
+def bootstrap_mean(values: np.ndarray, image_index: np.ndarray, weights: np.ndarray, level: float) -> Estimate:
+    """The mean of per-query values (Q,) and its interval over image resamples: weights (R, n_images) from
+    `resample_weights`, image_index (Q,) each query's image; a resample's mean is over the queries of the images
+    it draws, each as often as its image is drawn."""
+    n_images = weights.shape[1]
+    per_image = np.bincount(image_index, weights=values, minlength=n_images)
+    per_image_queries = np.bincount(image_index, minlength=n_images)
+    resampled = (weights @ per_image) / (weights @ per_image_queries)
+    return Estimate(float(values.mean()), *interval(resampled, level))
+
+
 def summarize(results: list[QueryCounts], thresholds: tuple[float, ...], config: BootstrapConfig) -> GroupSummary:
     """Query means, pooled ratios and image-bootstrap intervals of `results` (at least one query)."""
     if not results:
         raise ValueError("no queries to summarise")
-    images = {name: i for i, name in enumerate(sorted({r.image for r in results}))}
-    image_index = np.array([images[r.image] for r in results])
-    weights = resample_weights(len(images), config)
-    per_image_queries = np.bincount(image_index, minlength=len(images))
+    image_index, n_images = image_index_of([r.image for r in results])
+    weights = resample_weights(n_images, config)
     summaries = []
     for k, threshold in enumerate(thresholds):
         mean = {}
         for name in FIGURES:
             values = np.array([r.scores(k)[name] for r in results])
-            per_image = np.bincount(image_index, weights=values, minlength=len(images))
-            resampled = (weights @ per_image) / (weights @ per_image_queries)
-            mean[name] = Estimate(float(values.mean()), *interval(resampled, config.level))
+            mean[name] = bootstrap_mean(values, image_index, weights, config.level)
         summaries.append(_threshold_summary(results, k, threshold, image_index, weights, mean, config.level))
-    return GroupSummary(len(results), len(images), tuple(summaries))
+    return GroupSummary(len(results), n_images, tuple(summaries))
 
 
 def _threshold_summary(results, k, threshold, image_index, weights, mean, level) -> ThresholdSummary:

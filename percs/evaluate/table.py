@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from percs.evaluate.shots import ShotsConfig
-from percs.evaluate.summary import BootstrapConfig, interval, resample_weights
+from percs.evaluate.summary import BootstrapConfig, bootstrap_mean, image_index_of, resample_weights
 
 FIGURE_NAMES = {"ap": "AP", "precision": "P", "recall": "R"}
 
@@ -65,15 +65,10 @@ def paired_difference(base: dict, other: dict, threshold: str, figure: str = "ap
         raise ValueError(f"no IoU threshold {threshold} in the runs (they hold {sorted(base['queries'][0]['iou'])})")
     differences = np.array([other_by_key[k]["iou"][threshold][figure] - q["iou"][threshold][figure]
                             for k, q in zip(keys, base["queries"])])
-    images = {name: i for i, name in enumerate(sorted({k[0] for k in keys}))}
-    index = np.array([images[k[0]] for k in keys])
-    bootstrap = base["bootstrap"]
-    weights = resample_weights(len(images), BootstrapConfig(bootstrap["resamples"], bootstrap["level"],
-                                                            bootstrap["seed"]))
-    per_image = np.bincount(index, weights=differences, minlength=len(images))
-    count = np.bincount(index, minlength=len(images))
-    resampled = (weights @ per_image) / (weights @ count)
-    return (float(differences.mean()), *interval(resampled, bootstrap["level"]))
+    index, n_images = image_index_of([k[0] for k in keys])
+    bootstrap = BootstrapConfig(**{k: base["bootstrap"][k] for k in ("resamples", "level", "seed")})
+    estimate = bootstrap_mean(differences, index, resample_weights(n_images, bootstrap), bootstrap.level)
+    return estimate.value, estimate.low, estimate.high
 
 
 def render_table(runs: list[dict], digits: int = 3, paired: bool = False) -> str:
