@@ -123,25 +123,16 @@ def cue_aucs(queries: list[dict], layers, scorer=None, backbone=None) -> dict[st
 
 
 class ClassProbe:
-    """Multinomial logistic regression (L-BFGS, L2 weight `l2`) on standardised features: the types of cells."""
+    """Multinomial logistic regression (L-BFGS, L2 weight `l2`) on standardised features: the types of cells
+    (`percs.train.scorer.fit_linear_classifier`, the fit of `percs train-scorer --objective types`)."""
 
     def __init__(self, features: np.ndarray, types: np.ndarray, l2: float = 0.02):
+        from percs.train.scorer import fit_linear_classifier
+
         self.classes = sorted(set(types.tolist()))
-        self.mean, self.scale = features.mean(0), features.std(0) + 1e-6
-        x = torch.from_numpy(self._standard(features))
         y = torch.tensor([self.classes.index(t) for t in types])
-        torch.manual_seed(0)
-        self.linear = torch.nn.Linear(x.shape[1], len(self.classes))
-        optimiser = torch.optim.LBFGS(self.linear.parameters(), max_iter=300, line_search_fn="strong_wolfe")
-
-        def closure():
-            optimiser.zero_grad()
-            loss = torch.nn.functional.cross_entropy(self.linear(x), y) + l2 * self.linear.weight.square().sum()
-            loss.backward()
-            return loss
-
-        with torch.enable_grad():
-            optimiser.step(closure)
+        mean, scale, self.linear = fit_linear_classifier(torch.from_numpy(features), y, len(self.classes), l2)
+        self.mean, self.scale = mean.numpy(), scale.numpy()
 
     def _standard(self, features: np.ndarray) -> np.ndarray:
         return ((features - self.mean) / self.scale).astype(np.float32)
@@ -176,23 +167,18 @@ def fit_probe(images: list[dict]) -> ClassProbe:
                       np.concatenate([image["types"] for image in images]))
 
 
-@torch.no_grad()
 def split_cells(dataset, split: str, backbone, layers, embedding: str = "patch", size: int = 56,
                 context: float = 2.0, context_window: float = 0.0) -> list[dict]:
-    """Per image of split (queries or not): every true cell's vectors, descriptors and types, embedded as
-    `split_queries` embeds them."""
-    from tqdm import tqdm
+    """Per image of split (queries or not) with cells: every true cell's vectors, descriptors and types, embedded
+    as `split_queries` embeds them (`percs.train.scorer.collect_type_cells`)."""
+    from percs.train.scorer import ScorerTraining, collect_type_cells
 
-    images = dataset.in_split(split)
-    if not images:
-        raise SystemExit(f"--probe-split: dataset {dataset.name!r} has no image in split {split!r}")
-    embedder = InstanceScorer(backbone, None, layers, embedding, window_size=size, context=context,
+    settings = ScorerTraining(layers=tuple(layers), embedding=embedding, window_size=size, context=context,
                               context_window=context_window)
-    out = []
-    for record in tqdm(images, desc=f"{split} cells", unit="image"):
-        vectors, descriptors, types, _ = image_cells(dataset, record, embedder)
-        out.append(dict(image=record.name, cells=vectors.half(), descriptors=descriptors, types=types))
-    return out
+    try:
+        return collect_type_cells(dataset, backbone, settings, split)
+    except ValueError as error:
+        raise SystemExit(f"--probe-split: {error}") from None
 
 
 def same_type_probability(probe: ClassProbe, vectors, descriptors, reference, reference_descriptors) -> np.ndarray:
@@ -236,9 +222,11 @@ def found_queries(dataset, split: str, checkpoint: str, weights: str, layers, em
 
 def true_cell_queries(dataset, queries: list[dict]) -> list[dict]:
     """`split_queries` output as `found_queries` gives it, each true cell found exactly (labels 1..N)."""
-    out = []
+    out, read = [], {}
     for q in queries:
-        labels = dataset.read_labels(dataset.record(q["image"]))
+        if q["image"] not in read:                      # an image holds several queries: read its labels once
+            read[q["image"]] = dataset.read_labels(dataset.record(q["image"]))
+        labels = read[q["image"]]
         cells = np.unique(labels[labels > 0])
         if not np.array_equal(cells, np.arange(1, len(q["cells"]) + 1)):
             raise SystemExit(f"{q['image']}: labels are not 1..N with one cached vector per cell")

@@ -645,10 +645,10 @@ def test_the_types_objective_fits_a_classifier_of_every_train_cell_and_attaches_
     generic = generic_checkpoint(bench, tmp_path / "generic.pt", generic=True)
     backbone = load_model(generic, "cpu")[0].backbone
     settings = ScorerTraining(layers=(1,), objective="types", context_window=3.0)
-    images = collect_type_cells(bench, backbone, settings, progress=False)
     from percs.data.format import load_dataset
 
     dataset = load_dataset(bench)
+    images = collect_type_cells(dataset, backbone, settings, progress=False)
     records = dataset.in_split("train")
     assert len(images) == len(records)
     assert [len(i["types"]) for i in images] == [r.n_instances for r in records]

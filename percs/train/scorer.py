@@ -281,25 +281,23 @@ def fit_scorer(pairs: list[dict], settings: ScorerTraining = ScorerTraining(), p
 
 
 @torch.no_grad()
-def collect_type_cells(dataset_path, backbone, settings: ScorerTraining = ScorerTraining(), split: str = "train",
+def collect_type_cells(dataset, backbone, settings: ScorerTraining = ScorerTraining(), split: str = "train",
                        progress: bool = True) -> list[dict]:
-    """Per image of `split`: every true cell embedded as the instance decision embeds found cells
-    (`InstanceScorer.cells` on the whole normalised image at its own scale), "cells" (N, L, C) float16,
-    "descriptors" (N, D) and "types" [N] (type names)."""
+    """Per image of a loaded dataset's `split` that has cells: every true cell embedded as the instance decision
+    embeds found cells (`InstanceScorer.cells` on the whole normalised image at its own scale), "cells" (N, L, C)
+    float16, "descriptors" (N, D) and "types" [N] (type names)."""
     from tqdm import tqdm
 
-    from percs.data.format import load_dataset
     from percs.predict import as_input_image
 
-    dataset = load_dataset(dataset_path)
     records = dataset.in_split(split)
     if not records:
-        raise ValueError(f"{dataset_path} has no image in split {split!r}")
+        raise ValueError(f"dataset {dataset.name!r} has no image in split {split!r}")
     embedder = InstanceScorer(backbone.eval(), None, settings.layers, settings.embedding,
                               window_size=settings.window_size, context=settings.context,
                               context_window=settings.context_window)
     out = []
-    for record in tqdm(records, desc="type cells", unit="image", disable=not progress):
+    for record in tqdm(records, desc=f"{split} cells", unit="image", disable=not progress):
         labels = torch.from_numpy(dataset.read_labels(record).astype("int64"))
         image = as_input_image(dataset.read_image(record), torch.device("cpu"))
         cells, vectors, descriptors = embedder.cells(image, labels)
@@ -307,36 +305,48 @@ def collect_type_cells(dataset_path, backbone, settings: ScorerTraining = Scorer
             out.append(dict(cells=vectors.half(), descriptors=descriptors,
                             types=[record.type_of(int(c)) for c in cells]))
     if not out:
-        raise ValueError(f"no image of {dataset_path}'s {split} split has a cell")
+        raise ValueError(f"no image of dataset {dataset.name!r}'s {split} split has a cell")
     return out
 
 
+def fit_linear_classifier(features: torch.Tensor, targets: torch.Tensor, classes: int, l2: float, seed: int = 0
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.nn.Linear]:
+    """(mean, scale, linear) of a multinomial logistic regression on features (N, F) standardised by mean and
+    scale (the population standard deviation + 1e-6), targets (N,) in 0..classes-1: L-BFGS (300 iterations,
+    strong Wolfe) on the mean cross-entropy + l2 x the squared weights, from a Linear initialised under `seed`."""
+    mean, scale = features.mean(0), features.std(0, correction=0) + 1e-6
+    inputs = (features - mean) / scale
+    torch.manual_seed(seed)
+    linear = torch.nn.Linear(features.shape[1], classes)
+    optimiser = torch.optim.LBFGS(linear.parameters(), max_iter=300, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimiser.zero_grad()
+        loss = F.cross_entropy(linear(inputs), targets) + l2 * linear.weight.square().sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        optimiser.step(closure)
+    return mean, scale, linear
+
+
 def fit_type_scorer(images: list[dict], settings: ScorerTraining = ScorerTraining()) -> tuple[TypeScorer, list[str]]:
-    """(TypeScorer in eval mode, its class names) fitted on `collect_type_cells` output: multinomial logistic
-    regression on the standardised features, L-BFGS on the mean cross-entropy + type_l2 x the squared weights."""
+    """(TypeScorer in eval mode, its class names) fitted on `collect_type_cells` output (`fit_linear_classifier`,
+    L2 weight type_l2)."""
     vectors = torch.cat([image["cells"] for image in images]).float()
     descriptors = torch.cat([image["descriptors"] for image in images]).float()
     names = [t for image in images for t in image["types"]]
     classes = sorted(set(names))
     if len(classes) < 2:
         raise ValueError(f"objective 'types' needs at least two cell types in the train split, got {classes}")
-    torch.manual_seed(settings.seed)
     scorer = TypeScorer(vectors.shape[1], vectors.shape[2], descriptors.shape[1], len(classes))
-    features = scorer.features(vectors, descriptors)
-    scorer.mean.copy_(features.mean(0))
-    scorer.scale.copy_(features.std(0, correction=0) + 1e-6)
-    inputs = (features - scorer.mean) / scorer.scale
-    targets = torch.tensor([classes.index(t) for t in names])
-    optimiser = torch.optim.LBFGS(scorer.linear.parameters(), max_iter=300, line_search_fn="strong_wolfe")
-
-    def closure():
-        optimiser.zero_grad()
-        loss = F.cross_entropy(scorer.linear(inputs), targets) + settings.type_l2 * scorer.linear.weight.square().sum()
-        loss.backward()
-        return loss
-
-    with torch.enable_grad():
-        optimiser.step(closure)
+    mean, scale, linear = fit_linear_classifier(scorer.features(vectors, descriptors),
+                                                torch.tensor([classes.index(t) for t in names]), len(classes),
+                                                settings.type_l2, settings.seed)
+    scorer.mean.copy_(mean)
+    scorer.scale.copy_(scale)
+    scorer.linear.load_state_dict(linear.state_dict())
     return scorer.eval(), classes
 
 
@@ -434,7 +444,7 @@ def train_scorer(dataset_path, backbone_weights, out, settings: ScorerTraining =
                 raise ValueError(f"cache {cache} does not hold typed cells (written for --objective pairs?): "
                                  "give another --cache file")
         else:
-            images = collect_type_cells(dataset_path, backbone, settings)
+            images = collect_type_cells(dataset, backbone, settings)
             if cache is not None:
                 cache.parent.mkdir(parents=True, exist_ok=True)
                 torch.save(images, cache)
