@@ -709,3 +709,107 @@ def test_the_types_objective_fits_a_classifier_of_every_train_cell_and_attaches_
         ScorerTraining(objective="types", tune_blocks=1)
     with pytest.raises(ValueError, match="type_l2 must be"):
         ScorerTraining(objective="types", type_l2=-1.0)
+
+
+@pytest.mark.parametrize("embedding", ["window", "patch"])
+def test_cell_flips_average_each_cells_vectors_over_the_four_flips_and_do_not_see_a_flip(embedding):
+    from percs.model.instance import FLIP_VIEWS, flipped
+
+    backbone = small_backbone()
+    rng = np.random.default_rng(5)
+    image = torch.from_numpy(rng.normal(size=(3, 56, 70)).astype(np.float32))
+    labels = torch.zeros(56, 70, dtype=torch.int64)
+    labels[4:14, 6:24], labels[30:50, 40:61], labels[20:27, 2:9] = 3, 1, 7
+    plain = InstanceScorer(backbone, None, (2, 3), embedding, window=28, stride=14)
+    flips = InstanceScorer(backbone, None, (2, 3), embedding, window=28, stride=14, cell_flips=True)
+    assert flips.views == FLIP_VIEWS and plain.views == ((),)
+    cells, vectors, descriptors = flips.cells(image, labels)
+    views = [plain.cells(flipped(image, dims), flipped(labels, dims)) for dims in FLIP_VIEWS]
+    assert cells.tolist() == [1, 3, 7] and all(v[0].tolist() == [1, 3, 7] for v in views)
+    torch.testing.assert_close(vectors, torch.stack([v[1] for v in views]).mean(0))
+    torch.testing.assert_close(descriptors, views[0][2])
+    assert not torch.allclose(vectors, views[0][1], atol=1e-3)        # the views differ: the mean is not one of them
+    # the mean over the flips is the same for the image mirrored: the decision no longer depends on orientation
+    torch.testing.assert_close(flips.cells(image.flip(-1), labels.flip(-1))[1], vectors, atol=1e-5, rtol=1e-5)
+    mask = labels == 1
+    reference, reference_descriptors = flips.reference(image, mask)
+    manual = [plain.reference(flipped(image, dims), flipped(mask, dims)) for dims in FLIP_VIEWS]
+    torch.testing.assert_close(reference, torch.stack([r[0] for r in manual]).mean(0))
+    torch.testing.assert_close(reference_descriptors, manual[0][1])
+    torch.testing.assert_close(flips.reference(image.flip(-2), mask.flip(-2))[0], reference, atol=1e-5, rtol=1e-5)
+    empty = flips.cells(image, torch.zeros_like(labels))
+    assert empty[0].numel() == 0 and empty[1].shape == (0, 2, 32)
+    with pytest.raises(ValueError, match="cell_flips must be True or False"):
+        InstanceScorer(backbone, None, (2, 3), embedding, cell_flips=1)
+
+
+def test_the_types_objective_with_cell_flips_trains_on_four_views_and_decides_on_their_mean(tmp_path, monkeypatch):
+    from percs.api import load_model
+    from percs.data.format import load_dataset
+    from percs.model.instance import FLIP_VIEWS, flipped
+    from percs.predict import as_input_image
+    from percs.train.scorer import attach_scorer, collect_type_cells, train_scorer
+
+    bench = make_benchmark(tmp_path)
+    generic = generic_checkpoint(bench, tmp_path / "generic.pt", generic=True)
+    backbone = load_model(generic, "cpu")[0].backbone
+    settings = ScorerTraining(layers=(1,), objective="types", cell_flips=True)
+    dataset = load_dataset(bench)
+    images = collect_type_cells(dataset, backbone, settings, progress=False)
+    record = dataset.in_split("train")[0]
+    n = record.n_instances
+    assert images[0]["views"] == 4 and images[0]["cells"].shape == (4 * n, 1, 32)
+    assert images[0]["types"] == [record.type_of(c) for c in range(1, n + 1)] * 4
+    embedder = InstanceScorer(backbone, None, (1,), "window")
+    image = as_input_image(dataset.read_image(record), torch.device("cpu"))
+    labels = torch.from_numpy(dataset.read_labels(record).astype("int64"))
+    for k, dims in enumerate(FLIP_VIEWS):                 # view k: the cells of the image flipped along dims
+        _, vectors, descriptors = embedder.cells(flipped(image, dims), flipped(labels, dims))
+        torch.testing.assert_close(images[0]["cells"][k * n:(k + 1) * n], vectors.half())
+        torch.testing.assert_close(images[0]["descriptors"][k * n:(k + 1) * n], descriptors)
+
+    import percs.model.backbone_weights as backbone_weights
+
+    monkeypatch.setattr(backbone_weights, "load_backbone", lambda name, weights: backbone)
+    train_scorer(bench, None, tmp_path / "flips.pt", settings, cache=tmp_path / "cells.pt")
+    scorer, saved = load_scorer(tmp_path / "flips.pt")
+    cells = sum(r.n_instances for r in dataset.in_split("train"))
+    assert saved["settings"]["cell_flips"] is True
+    assert saved["trained_on"]["views"] == 4 and saved["trained_on"]["cells"] == cells
+    assert sum(saved["trained_on"]["types"].values()) == cells
+    with pytest.raises(ValueError, match="another number of flips"):    # a one-view cache for a four-view fit
+        train_scorer(bench, None, tmp_path / "one.pt", ScorerTraining(layers=(1,), objective="types"),
+                     cache=tmp_path / "cells.pt")
+    # the reading of one true cell's type, from its first view or its four views' mean, against a loop
+    from percs.train.scorer import type_reading
+
+    classes = saved["classes"]
+    for mean_views in (False, True):
+        reading = type_reading(scorer, classes, images, mean_views)
+        assert [r["cells"] for r in reading] == [len(i["types"]) // 4 for i in images]
+        for image, got in zip(images, reading):
+            m = len(image["types"]) // 4
+            views = image["cells"].float().reshape(4, m, 1, 32)
+            with torch.no_grad():
+                p = torch.softmax(scorer.type_logits(views.mean(0) if mean_views else views[0],
+                                                     image["descriptors"][:m]), 1)
+            truth = [classes.index(t) for t in image["types"][:m]]
+            assert got["right"] == sum(int(p[i].argmax()) == t for i, t in enumerate(truth))
+            assert got["log_loss"] == pytest.approx(-sum(float(torch.log(p[i, t])) for i, t in enumerate(truth)),
+                                                    rel=1e-4)
+    with pytest.raises(ValueError, match="not \\['nucleus'\\]"):
+        type_reading(scorer, classes, [dict(images[0], types=["nucleus"] * len(images[0]["types"]))], True)
+    attach_scorer(generic, tmp_path / "flips.pt", 0.5, tmp_path / "model.pt")
+    model, _ = load_model(tmp_path / "model.pt", "cpu")
+    assert model.instance.cell_flips is True                  # the attached model decides on the four views' mean
+    with pytest.raises(ValueError, match="cell_flips applies to objective 'types'"):
+        ScorerTraining(cell_flips=True)
+
+
+def test_train_scorer_refuses_cell_flips_without_the_types_objective(tmp_path, capsys):
+    from percs.cli import main
+
+    bench = make_benchmark(tmp_path)
+    assert main(["train-scorer", "--data", str(bench), "--out", str(tmp_path / "s.pt"), "--cell-flips"]) == 2
+    assert "--cell-flips applies to --objective types" in capsys.readouterr().err
+    assert not (tmp_path / "s.pt").exists()

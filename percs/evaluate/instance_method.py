@@ -28,12 +28,13 @@ class InstanceDecision:
     `segment(image, reference_image, reference_mask)` -> (H, W) int32 (see the module docstring)."""
 
     def __init__(self, source, scorer, threshold: float = 0.5, layers=LAYERS, embedding: str = "window",
-                 window_size: int = 56, context: float = 2.0, context_window: float = 0.0, expand: float = 0.0):
+                 window_size: int = 56, context: float = 2.0, context_window: float = 0.0, expand: float = 0.0,
+                 cell_flips: bool = False):
         config = source.predictor.config
         self.source = source
         self.instance = InstanceScorer(source.predictor.model.backbone, scorer, layers, embedding, threshold,
                                        config.reference_window, config.stride, config.batch_size, window_size,
-                                       context, config.precision, context_window, expand)
+                                       context, config.precision, context_window, expand, cell_flips)
         self.cells = ImageCache(self._cells)
         self.settings: dict = {}
         self.tuning = ""
@@ -127,7 +128,8 @@ def build_instance(args: argparse.Namespace, dataset=None) -> InstanceDecision:
         raise ValueError(f"--scorer-expand: {error}") from None
     method = InstanceDecision(source, scorer, args.scorer_threshold or 0.0, record["layers"],
                               settings.get("embedding", "patch"), settings.get("window_size", 56),
-                              settings.get("context", 2.0), settings.get("context_window", 0.0), expand)
+                              settings.get("context", 2.0), settings.get("context_window", 0.0), expand,
+                              settings.get("cell_flips", False))
     method.settings = {"masks": source.name, "generic_checkpoint": args.generic_checkpoint, "scorer": args.scorer,
                        "scorer_trained_on": record["trained_on"], "layers": record["layers"],
                        "embedding": method.instance.embedding, "device": str(device),

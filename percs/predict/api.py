@@ -116,7 +116,8 @@ def _instance_scorer(path: Path, model, record: dict, predict: PredictorConfig):
         return InstanceScorer(model.backbone, scorer, record["layers"], settings.get("embedding", "patch"),
                               record["threshold"], predict.reference_window, predict.stride, predict.batch_size,
                               settings.get("window_size", 56), settings.get("context", 2.0), predict.precision,
-                              settings.get("context_window", 0.0), record.get("expand", 0.0))
+                              settings.get("context_window", 0.0), record.get("expand", 0.0),
+                              settings.get("cell_flips", False))
     except (KeyError, RuntimeError, ValueError) as error:
         raise ModelLoadError(f"checkpoint {path} has an unreadable instance scorer: {error}") from None
 

@@ -82,6 +82,10 @@ def cmd_train_scorer(args: argparse.Namespace) -> int:
         print(f"percs train-scorer: error: --type-l2 must be a finite number >= 0, got {args.type_l2:g}",
               file=sys.stderr)
         return 2
+    if args.cell_flips and args.objective != "types":
+        print("percs train-scorer: error: --cell-flips applies to --objective types (a type classifier)",
+              file=sys.stderr)
+        return 2
     if not 0 <= args.expand <= 1:
         print(f"percs train-scorer: error: --expand must be a number in [0, 1], got {args.expand:g}", file=sys.stderr)
         return 2
@@ -99,7 +103,7 @@ def cmd_train_scorer(args: argparse.Namespace) -> int:
                                   window_size=args.window_size, context=args.context, rank_weight=args.rank_weight,
                                   tune_blocks=args.tune_blocks, tune_lr=args.tune_lr,
                                   context_window=args.context_window, objective=args.objective,
-                                  type_l2=args.type_l2)
+                                  type_l2=args.type_l2, cell_flips=args.cell_flips)
         digest = train_scorer(args.data, args.backbone_weights, args.out, settings, args.backbone, args.cache)
         print(f"wrote {args.out} (sha256 {digest})")
         if args.generic_checkpoint:
@@ -178,6 +182,10 @@ def add_train_scorer_command(sub) -> None:
                         "training types, as consep's; --items, --epochs, --lr, --rank-weight do not apply)")
     p.add_argument("--type-l2", type=float, default=0.02,
                    help="--objective types: the L2 weight on the classifier's weights (default 0.02)")
+    p.add_argument("--cell-flips", action="store_true",
+                   help="--objective types: embed every train cell in its four flips (x, y, both), each one sample, "
+                        "and average each cell's and the reference's vectors over the four at inference (4x the "
+                        "embedding time; default: one view)")
     p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
     p.add_argument("--rank-weight", type=float, default=0.0,
                    help="weight of a within-image ranking loss (each crop's same-type cells above its others) "

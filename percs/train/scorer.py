@@ -25,8 +25,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from percs.model.instance import (DESCRIPTORS, LAYERS, CellScorer, InstanceScorer, TypeScorer, cell_descriptors,
-                                  cell_windows, check_context_window, check_expand, tail_vectors, window_vectors)
+from percs.model.instance import (DESCRIPTORS, FLIP_VIEWS, LAYERS, CellScorer, InstanceScorer, TypeScorer,
+                                  cell_descriptors, cell_windows, check_context_window, check_expand, flipped,
+                                  tail_vectors, window_vectors)
 from percs.model.precision import inference_precision
 
 SCORER_KIND = "percs-cell-scorer"
@@ -50,7 +51,10 @@ class ScorerTraining:
     (`InstanceScorer` context_window; window embedding only). objective: "pairs" (the default) fits a CellScorer
     on pairs of training draws; "types" fits a TypeScorer, a type classifier on every true cell of the train
     split's images (`fit_type_scorer`, L-BFGS with L2 weight type_l2), for benchmarks whose evaluation types
-    are the training types (items, epochs, lr, width, hidden, dropout, rank_weight then do not apply)."""
+    are the training types (items, epochs, lr, width, hidden, dropout, rank_weight then do not apply).
+    cell_flips (objective "types" only): False (the default) embeds each train cell as it is; True embeds it in
+    the four flips (`percs.model.instance.FLIP_VIEWS`), each view one training sample, and the decision then
+    averages every cell's and the reference's vectors over the four views (`InstanceScorer` cell_flips)."""
 
     items: int = 3000
     epochs: int = 1
@@ -72,12 +76,17 @@ class ScorerTraining:
     context_window: float = 0.0
     objective: str = "pairs"
     type_l2: float = 0.02
+    cell_flips: bool = False
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         if self.objective == "types" and self.tune_blocks:
             raise ValueError("objective 'types' reads the frozen backbone: tune_blocks must be 0")
+        if not isinstance(self.cell_flips, bool):
+            raise ValueError(f"cell_flips must be True or False, got {self.cell_flips!r}")
+        if self.cell_flips and self.objective != "types":
+            raise ValueError(f"cell_flips applies to objective 'types' (a type classifier), got {self.objective!r}")
         if not 0 <= self.type_l2 < math.inf:
             raise ValueError(f"type_l2 must be a finite number >= 0, got {self.type_l2!r}")
         for key in ("items", "epochs", "batch_crops", "width", "hidden"):
@@ -284,8 +293,9 @@ def fit_scorer(pairs: list[dict], settings: ScorerTraining = ScorerTraining(), p
 def collect_type_cells(dataset, backbone, settings: ScorerTraining = ScorerTraining(), split: str = "train",
                        progress: bool = True) -> list[dict]:
     """Per image of a loaded dataset's `split` that has cells: every true cell embedded as the instance decision
-    embeds found cells (`InstanceScorer.cells` on the whole normalised image at its own scale), "cells" (N, L, C)
-    float16, "descriptors" (N, D) and "types" [N] (type names)."""
+    embeds found cells (`InstanceScorer.cells` on the whole normalised image at its own scale), "cells" (V * N, L,
+    C) float16, "descriptors" (V * N, D), "types" [V * N] (type names) and "views" V: with settings.cell_flips the
+    image's V = 4 flips one after the other (`FLIP_VIEWS`), else V = 1."""
     from tqdm import tqdm
 
     from percs.predict import as_input_image
@@ -300,10 +310,13 @@ def collect_type_cells(dataset, backbone, settings: ScorerTraining = ScorerTrain
     for record in tqdm(records, desc=f"{split} cells", unit="image", disable=not progress):
         labels = torch.from_numpy(dataset.read_labels(record).astype("int64"))
         image = as_input_image(dataset.read_image(record), torch.device("cpu"))
-        cells, vectors, descriptors = embedder.cells(image, labels)
+        views = [embedder.cells(flipped(image, dims), flipped(labels, dims)) for dims in
+                 (FLIP_VIEWS if settings.cell_flips else ((),))]
+        cells = views[0][0]
         if len(cells):
-            out.append(dict(cells=vectors.half(), descriptors=descriptors,
-                            types=[record.type_of(int(c)) for c in cells]))
+            out.append(dict(cells=torch.cat([v for _, v, _ in views]).half(),
+                            descriptors=torch.cat([d for _, _, d in views]),
+                            types=[record.type_of(int(c)) for c in cells] * len(views), views=len(views)))
     if not out:
         raise ValueError(f"no image of dataset {dataset.name!r}'s {split} split has a cell")
     return out
@@ -348,6 +361,29 @@ def fit_type_scorer(images: list[dict], settings: ScorerTraining = ScorerTrainin
     scorer.scale.copy_(scale)
     scorer.linear.load_state_dict(linear.state_dict())
     return scorer.eval(), classes
+
+
+@torch.no_grad()
+def type_reading(scorer: TypeScorer, classes: list[str], images: list[dict], mean_views: bool) -> list[dict]:
+    """How well a type classifier names the type of one true cell, which is what it does to a reference: per
+    image of `collect_type_cells` output (V views each), each cell's posterior from its first view, or from its
+    vectors averaged over the V views (mean_views, as `InstanceScorer` cell_flips averages them). Returns per
+    image {"cells": n, "right": cells whose most probable type is theirs, "log_loss": the sum over its cells of
+    -log p(their type)}; a type the classifier does not know is a ValueError."""
+    out = []
+    for image in images:
+        views = image.get("views", 1)
+        n = len(image["types"]) // views
+        vectors = image["cells"].float().reshape(views, n, *image["cells"].shape[1:])
+        vectors = vectors.mean(0) if mean_views else vectors[0]
+        unknown = sorted(set(image["types"][:n]) - set(classes))
+        if unknown:
+            raise ValueError(f"the classifier knows the types {classes}, not {unknown}")
+        truth = torch.tensor([classes.index(t) for t in image["types"][:n]])
+        log_p = torch.log_softmax(scorer.type_logits(vectors, image["descriptors"][:n]), -1)
+        out.append({"cells": n, "right": int((log_p.argmax(1) == truth).sum()),
+                    "log_loss": float(-log_p.gather(1, truth[:, None]).sum())})
+    return out
 
 
 def tuned_vectors(backbone, tail, crops: list[dict], cells: torch.Tensor, references: torch.Tensor, start: int,
@@ -443,6 +479,10 @@ def train_scorer(dataset_path, backbone_weights, out, settings: ScorerTraining =
             if not isinstance(images, list) or not images or any("types" not in image for image in images):
                 raise ValueError(f"cache {cache} does not hold typed cells (written for --objective pairs?): "
                                  "give another --cache file")
+            views = 4 if settings.cell_flips else 1
+            if any(image.get("views", 1) != views for image in images):
+                raise ValueError(f"cache {cache} holds cells embedded in another number of flips than --cell-flips "
+                                 f"{'on' if settings.cell_flips else 'off'} asks ({views}): give another --cache file")
         else:
             images = collect_type_cells(dataset, backbone, settings)
             if cache is not None:
@@ -450,9 +490,10 @@ def train_scorer(dataset_path, backbone_weights, out, settings: ScorerTraining =
                 torch.save(images, cache)
         scorer, classes = fit_type_scorer(images, settings)
         names = [t for image in images for t in image["types"]]
+        views = images[0].get("views", 1)
         trained_on = {"dataset": dataset.name, "path": str(Path(dataset_path).resolve()), "split": "train",
-                      "images": len(images), "cells": len(names),
-                      "types": {c: names.count(c) for c in classes},
+                      "images": len(images), "cells": len(names) // views, "views": views,
+                      "types": {c: names.count(c) // views for c in classes},
                       "backbone_weights": str(backbone_weights or "official")}
         return save_scorer(out, scorer, settings, backbone_name, trained_on, time.time() - start,
                            backbone_fingerprint(backbone), classes)
