@@ -35,6 +35,7 @@ def interval(per_image: list[dict], key: str, draws: int = 1000, seed: int = 0) 
 def main() -> None:
     from percs.data.format import load_dataset
     from percs.model.backbone_weights import load_backbone
+    from percs.model.instance import FLIP_VIEWS
     from percs.train.scorer import ScorerTraining, collect_type_cells, load_scorer, type_reading
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -65,9 +66,10 @@ def main() -> None:
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
             torch.save(images, cache)
-    if any(image.get("views") != 4 for image in images):
+    views = len(FLIP_VIEWS)
+    if any(image.get("views") != views for image in images):
         parser.error(f"--cache {cache} does not hold the four flips of each cell: give another file")
-    print(f"{args.data} {args.split}: {sum(len(i['types']) // 4 for i in images)} true cells, {len(images)} images")
+    print(f"{args.data} {args.split}: {sum(len(i['types']) // views for i in images)} true cells, {len(images)} images")
     print("| scorer | reading | cells right | log-loss |\n|---|---|---|---|")
     for path, scorer, record in scorers:
         for mean_views in (False, True):

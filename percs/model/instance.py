@@ -87,14 +87,12 @@ def pool_cells(features: list[torch.Tensor], labels: torch.Tensor) -> tuple[torc
 
 
 def reference_vectors(backbone, image: torch.Tensor, mask: torch.Tensor, layers=LAYERS,
-                      window: int = 224) -> tuple[torch.Tensor, torch.Tensor]:
-    """(pooled (L, C), descriptors (D,)) of a reference cell, mask (H, W) bool in a normalised image (3, H, W):
-    its block features in the window centred on it (`reference_window`, as the reference embedding)."""
+                      window: int = 224) -> torch.Tensor:
+    """Pooled (L, C) of a reference cell, mask (H, W) bool in a normalised image (3, H, W): its block features
+    in the window centred on it (`reference_window`, as the reference embedding)."""
     crop, crop_mask = reference_window(image, mask, window)
     per_layer = block_features(backbone, crop[None], layers)
-    pooled = torch.stack([embed_reference(f.float(), crop_mask[None])[0] for f in per_layer])
-    _, descriptors = cell_descriptors(image, mask.to(torch.int64))
-    return pooled, descriptors[0]
+    return torch.stack([embed_reference(f.float(), crop_mask[None])[0] for f in per_layer])
 
 
 def group_standardise(values: torch.Tensor, groups: torch.Tensor, n_groups: int) -> torch.Tensor:
@@ -343,6 +341,11 @@ FLIP_VIEWS = ((), (-1,), (-2,), (-2, -1))
 """The views `InstanceScorer` flips average over: as it is, mirrored in x, in y, and both (a 180-degree turn)."""
 
 
+def flip_views(cell_flips: bool) -> tuple[tuple[int, ...], ...]:
+    """The flips a cell is embedded in: FLIP_VIEWS with cell_flips, else only the image as it is."""
+    return FLIP_VIEWS if cell_flips else ((),)
+
+
 def flipped(tensor: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     """tensor flipped along dims (one of FLIP_VIEWS), as it is for ()."""
     return tensor.flip(dims).contiguous() if dims else tensor
@@ -433,23 +436,23 @@ class InstanceScorer:
 
     @property
     def views(self) -> tuple[tuple[int, ...], ...]:
-        """The flips a cell is embedded in (FLIP_VIEWS with `cell_flips`, else the image as it is)."""
-        return FLIP_VIEWS if self.cell_flips else ((),)
+        """The flips a cell is embedded in (`flip_views`)."""
+        return flip_views(self.cell_flips)
 
     @torch.no_grad()
     def reference(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(vectors (L, C), descriptors (D,)) of the reference cell, mask (H, W) bool in image (3, H, W); with
         `cell_flips`, its vectors averaged over the four views."""
         views = [self._reference(flipped(image, dims), flipped(mask, dims)) for dims in self.views]
-        return torch.stack([v for v, _ in views]).mean(0), views[0][1]
+        return torch.stack(views).mean(0), cell_descriptors(image, mask.to(torch.int64))[1][0]
 
-    def _reference(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _reference(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         with inference_precision(self.precision, image.device):
             if self.embedding == "window":
                 labels = mask.to(torch.int64)
                 vectors = cell_vectors(self.backbone, image, labels, self.layers, self.window_size, self.context,
                                        self.tail)[1]
-                return self.with_surroundings(vectors, image, labels)[0], cell_descriptors(image, labels)[1][0]
+                return self.with_surroundings(vectors, image, labels)[0]
             return reference_vectors(self.backbone, image, mask, self.layers, self.window)
 
     @torch.no_grad()
@@ -460,8 +463,7 @@ class InstanceScorer:
         cells, vectors = self._cells(image, labels)
         for dims in self.views[1:]:
             vectors = vectors + self._cells(flipped(image, dims), flipped(labels, dims))[1]
-        vectors = vectors / len(self.views) if self.cell_flips else vectors
-        return cells, vectors, cell_descriptors(image, labels)[1]
+        return cells, vectors / len(self.views), cell_descriptors(image, labels)[1]
 
     def _cells(self, image: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with inference_precision(self.precision, image.device):

@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from percs.model.instance import (DESCRIPTORS, FLIP_VIEWS, LAYERS, CellScorer, InstanceScorer, TypeScorer,
-                                  cell_descriptors, cell_windows, check_context_window, check_expand, flipped,
+from percs.model.instance import (DESCRIPTORS, LAYERS, CellScorer, InstanceScorer, TypeScorer, cell_descriptors,
+                                  cell_windows, check_context_window, check_expand, flip_views, flipped,
                                   tail_vectors, window_vectors)
 from percs.model.precision import inference_precision
 
@@ -310,8 +310,8 @@ def collect_type_cells(dataset, backbone, settings: ScorerTraining = ScorerTrain
     for record in tqdm(records, desc=f"{split} cells", unit="image", disable=not progress):
         labels = torch.from_numpy(dataset.read_labels(record).astype("int64"))
         image = as_input_image(dataset.read_image(record), torch.device("cpu"))
-        views = [embedder.cells(flipped(image, dims), flipped(labels, dims)) for dims in
-                 (FLIP_VIEWS if settings.cell_flips else ((),))]
+        views = [embedder.cells(flipped(image, dims), flipped(labels, dims))
+                 for dims in flip_views(settings.cell_flips)]
         cells = views[0][0]
         if len(cells):
             out.append(dict(cells=torch.cat([v for _, v, _ in views]).half(),
@@ -479,7 +479,7 @@ def train_scorer(dataset_path, backbone_weights, out, settings: ScorerTraining =
             if not isinstance(images, list) or not images or any("types" not in image for image in images):
                 raise ValueError(f"cache {cache} does not hold typed cells (written for --objective pairs?): "
                                  "give another --cache file")
-            views = 4 if settings.cell_flips else 1
+            views = len(flip_views(settings.cell_flips))
             if any(image.get("views", 1) != views for image in images):
                 raise ValueError(f"cache {cache} holds cells embedded in another number of flips than --cell-flips "
                                  f"{'on' if settings.cell_flips else 'off'} asks ({views}): give another --cache file")
